@@ -1,0 +1,169 @@
+"""What a job is: the request a client sends, the parameters a worker runs, and the job's states.
+
+Both the API and the workers import this module, so it must stay free of torch and diffusers.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_PROMPT_CHARS = 2000
+MAX_STEPS = 100
+MAX_GUIDANCE = 20.0
+MAX_SEED = 2**32 - 1
+MAX_IMAGES = 4
+# Hard ceilings of the schema; each model narrows them further (see ModelInfo).
+MIN_SIDE = 8
+MAX_SIDE = 4096
+# Optional file in a model folder with the defaults the worker advertises for that model.
+SERVING_DEFAULTS_FILE = "sd3_serve.json"
+
+
+class OutputFormat(StrEnum):
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+Prompt = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS),
+]
+NegativePrompt = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=MAX_PROMPT_CHARS)
+]
+
+
+class GenerateRequest(BaseModel):
+    """The body of POST /v1/generate. Fields left out take the served model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt = Field(
+        description=f"What to draw: 1 to {MAX_PROMPT_CHARS} characters after trimming whitespace.",
+        examples=["a small red circle in the center on a white background"],
+    )
+    negative_prompt: NegativePrompt = Field(
+        default="",
+        description=f"What to steer away from: at most {MAX_PROMPT_CHARS} characters.",
+    )
+    width: int | None = Field(
+        default=None,
+        ge=MIN_SIDE,
+        le=MAX_SIDE,
+        description=(
+            f"Image width in pixels, {MIN_SIDE}..{MAX_SIDE}, and further a multiple of the "
+            "served model's `size_multiple` (16 for SD3 checkpoints) within its "
+            "`min_size`..`max_size`: see GET /v1/models. Default: the model's `default_width`."
+        ),
+    )
+    height: int | None = Field(
+        default=None,
+        ge=MIN_SIDE,
+        le=MAX_SIDE,
+        description="Image height in pixels; same rules as `width`. Default: `default_height`.",
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_STEPS,
+        description=f"Denoising steps, 1..{MAX_STEPS}. Default: the model's `default_steps`.",
+    )
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        allow_inf_nan=False,
+        description=(
+            f"Classifier-free guidance scale, 0..{MAX_GUIDANCE:g}; 1 or less disables guidance. "
+            "Default: the model's `default_guidance_scale`."
+        ),
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description=(
+            f"Random seed, 0..{MAX_SEED}. Image k of the job uses seed + k, so any image can be "
+            "reproduced alone. Left out: the service picks one and returns it."
+        ),
+    )
+    num_images: int = Field(default=1, ge=1, le=MAX_IMAGES, description=f"Images, 1..{MAX_IMAGES}.")
+    output_format: OutputFormat = Field(
+        default=OutputFormat.png,
+        description="Stored image encoding: png (parameters in text chunks), jpeg or webp.",
+    )
+
+
+class GenerateParams(BaseModel):
+    """The fully resolved parameters a worker runs: every default filled in, seed included."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    num_images: int
+    output_format: OutputFormat
+
+
+class Timings(BaseModel):
+    """Seconds spent in each phase of a job; null until the phase has happened."""
+
+    queue_wait: float | None = Field(default=None, description="From acceptance to a worker start.")
+    inference: float | None = Field(
+        default=None, description="The pipeline call (denoise + decode)."
+    )
+    encode: float | None = Field(default=None, description="Encoding and storing the images.")
+    total: float | None = Field(default=None, description="From acceptance to the final state.")
+
+
+class Progress(BaseModel):
+    step: int = Field(description="Denoising steps done.")
+    total: int = Field(description="Denoising steps in all.")
+
+
+class ModelInfo(BaseModel):
+    """What the workers serve, published by each worker once its pipeline is warm."""
+
+    id: str = Field(description="The MODEL the workers loaded: a local folder or a hub id.")
+    pipeline: str = Field(description="The diffusers pipeline class.")
+    device: str
+    dtype: str
+    size_multiple: int = Field(description="Width and height must be multiples of this.")
+    min_size: int
+    max_size: int
+    default_width: int
+    default_height: int
+    default_steps: int
+    default_guidance_scale: float
+    max_steps: int = MAX_STEPS
+    max_num_images: int = MAX_IMAGES
+    scheduler: str
+    scheduler_shift: float
+    text_encoders: list[str] = Field(description="Loaded text encoders (T5 may be dropped).")
+
+
+# The RQ function the API enqueues, by path, so the API never imports the worker package.
+GENERATE_TASK = "worker.tasks.generate"

@@ -1,0 +1,20 @@
+"""The Redis key layout, in one place so the API and the workers cannot drift apart."""
+
+PREFIX = "sd3serve"
+MODEL_INFO = f"{PREFIX}:model"
+WORKER_PREFIX = f"{PREFIX}:worker:"
+
+
+def job(job_id: str) -> str:
+    """Hash holding the job record."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def events(job_id: str) -> str:
+    """Stream of the job's events, read from the start by every SSE client."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def worker(name: str) -> str:
+    """A warm worker's heartbeat; it expires when the worker stops refreshing it."""
+    return f"{WORKER_PREFIX}{name}"
