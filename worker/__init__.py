@@ -1,0 +1,1 @@
+"""The GPU worker: keeps one warm StableDiffusion3Pipeline and runs queued jobs on it."""
