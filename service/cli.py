@@ -1,0 +1,106 @@
+"""The `sd3-serve` command: api, worker, dev, generate, build-model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.main import main  # needs the `worker` extra: torch and diffusers
+
+    main()
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from service.dev import run_dev
+
+    return run_dev(args.host, args.port, args.workers)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from service.client import ApiFailure, generate
+
+    suffix = args.output.suffix.lower().lstrip(".")
+    fmt = args.format or {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(suffix, "png")
+    body = {"prompt": args.prompt, "num_images": args.num_images, "output_format": fmt}
+    for name in ("negative_prompt", "width", "height", "steps", "guidance_scale", "seed"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    try:
+        paths = generate(args.url, body, args.output)
+    except ApiFailure as exc:
+        print(f"sd3-serve generate: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _build_model(args: argparse.Namespace) -> int:
+    from worker.tiny_model import build
+
+    print(build(args.out))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sd3-serve", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    api = sub.add_parser("api", help="run the HTTP API (settings from the environment)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=_api)
+
+    worker = sub.add_parser("worker", help="run one GPU worker (settings from the environment)")
+    worker.set_defaults(func=_worker)
+
+    dev = sub.add_parser("dev", help="run Redis, the API and workers on the bundled model")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--workers", type=int, default=1)
+    dev.set_defaults(func=_dev)
+
+    gen = sub.add_parser("generate", help="generate images through a running API")
+    gen.add_argument("prompt")
+    gen.add_argument("-o", "--output", type=Path, default=Path("out.png"))
+    gen.add_argument("--url", default=os.environ.get("SD3SERVE_URL", "http://127.0.0.1:8000"))
+    gen.add_argument("--negative-prompt")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--guidance-scale", type=float)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("-n", "--num-images", type=int, default=1)
+    gen.add_argument("--format", choices=["png", "jpeg", "webp"], default=None)
+    gen.set_defaults(func=_generate)
+
+    build = sub.add_parser("build-model", help="write the bundled tiny SD3 pipeline to a folder")
+    build.add_argument("out", type=Path)
+    build.set_defaults(func=_build_model)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ValidationError as exc:  # settings are checked at start: say which one is wrong
+        print(f"sd3-serve {args.command}: invalid setting\n{exc}", file=sys.stderr)
+        return 2
+    return code

@@ -1,0 +1,177 @@
+"""`sd3-serve dev`: the whole stack on one machine, started and stopped as one."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from redis import Redis
+from redis.exceptions import RedisError
+
+READY_TIMEOUT_S = 600.0  # a real checkpoint can take minutes to load
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Linux: children get SIGTERM if this process dies, even by SIGKILL, so none is left behind.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Stack:
+    """Child processes started in order and stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        self.children.append((name, proc))
+        return proc
+
+    def exited(self) -> str | None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                return f"{name} exited with code {proc.returncode}"
+        return None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_until(check: Callable[[], bool], stack: Stack, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if problem := stack.exited():
+            raise RuntimeError(f"{problem} while waiting for {what}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError, RedisError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _redis_up(url: str) -> bool:
+    with Redis.from_url(url, socket_timeout=1) as r:
+        return bool(r.ping())
+
+
+def start_redis(stack: Stack, workdir: Path, env: dict[str, str]) -> str:
+    """A private, non-persistent redis-server on a free loopback port; returns its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError(
+            "redis-server is not on PATH: install it (apt-get install redis-server) "
+            "or set REDIS_URL"
+        )
+    port = free_port()
+    argv = [
+        server,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+    stack.start("redis", argv, env)
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until(lambda: _redis_up(url), stack, "redis-server", 30)
+    return url
+
+
+def start_worker(
+    stack: Stack, env: dict[str, str], name: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A worker process with its metrics on a free loopback port; returns it and their base URL."""
+    metrics_port = free_port()
+    worker_env = env | {
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": str(metrics_port),
+        "WORKER_NAME": name,
+    }
+    process = stack.start(name, [sys.executable, "-m", "worker"], worker_env)
+    return process, f"http://127.0.0.1:{metrics_port}"
+
+
+def start_api(stack: Stack, env: dict[str, str], host: str, port: int) -> str:
+    """The API under uvicorn; returns its URL once /healthz answers."""
+    argv = [sys.executable, "-m", "service", "api", "--host", host, "--port", str(port)]
+    stack.start("api", argv, env)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, stack, "the API", 120)
+    return url
+
+
+def run_dev(host: str, port: int, workers: int) -> int:
+    env = dict(os.environ)
+    stack = Stack()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    tmp = Path(tempfile.mkdtemp(prefix="sd3serve-dev-"))
+    try:
+        if "REDIS_URL" not in env:
+            env["REDIS_URL"] = start_redis(stack, tmp, env)
+
+        metrics_urls = [
+            start_worker(stack, env, f"dev-worker-{i}")[1] + "/metrics" for i in range(workers)
+        ]
+        api = start_api(stack, env, host, port)
+
+        def ready() -> bool:
+            reply = httpx.get(f"{api}/readyz", timeout=2).json()
+            return bool(reply.get("workers", 0) >= workers)
+
+        wait_until(ready, stack, "the API and warm workers", READY_TIMEOUT_S)
+        print(f"\nsd3-serve is ready\n  API:     {api}  (docs at {api}/docs)")
+        for i, url in enumerate(metrics_urls):
+            print(f"  worker {i} metrics: {url}")
+        print("Press Ctrl-C to stop.\n", flush=True)
+        while not (problem := stack.exited()):
+            time.sleep(0.5)
+        print(f"stopping: {problem}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping sd3-serve ...", flush=True)
+        return 0
+    except RuntimeError as exc:
+        print(f"sd3-serve dev: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the orderly shutdown short and orphan a child.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,139 @@
+"""The one error envelope, the domain errors, and the table mapping them to status codes."""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.schemas import ErrorBody, ErrorResponse, FieldError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A failure a client can act on. Subclasses set `code`; STATUS maps codes to statuses."""
+
+    code = "error"
+
+    def __init__(self, message: str, field: str | None = None, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+
+class InvalidParameter(ApiError):
+    code = "invalid_parameter"
+
+
+class JobNotFound(ApiError):
+    code = "job_not_found"
+
+
+class ImageNotFound(ApiError):
+    code = "image_not_found"
+
+
+class JobAlreadyFinished(ApiError):
+    code = "job_finished"
+
+
+class QueueFull(ApiError):
+    code = "queue_full"
+
+
+class NotReady(ApiError):
+    code = "not_ready"
+
+
+STATUS: dict[type[ApiError], int] = {
+    InvalidParameter: 422,
+    JobNotFound: 404,
+    ImageNotFound: 404,
+    JobAlreadyFinished: 409,
+    QueueFull: 429,
+    NotReady: 503,
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    details: list[FieldError] | None = None,
+    retry_after_s: int | None = None,
+) -> JSONResponse:
+    if details is None:
+        details = [FieldError(field=field, message=message)] if field else []
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, field=field, details=details))
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    # ("body", "width") -> "width"; ("header", "prefer") -> "prefer"; the whole body -> "body".
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(ApiError, exc)  # registered for ApiError only
+    return error_response(
+        STATUS.get(type(exc), 400),
+        exc.code,
+        exc.message,
+        exc.field,
+        retry_after_s=exc.retry_after_s,
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(RequestValidationError, exc)
+    details = []
+    for err in exc.errors():
+        field = _field_name(tuple(err.get("loc", ())))
+        message = err.get("msg", "invalid value")
+        if err.get("type") == "extra_forbidden":
+            message = "unknown field; see the schema of this endpoint in /openapi.json"
+        elif err.get("type") == "json_invalid":
+            field = "body"
+            message = f"the body is not valid JSON: {err.get('ctx', {}).get('error', message)}"
+        details.append(FieldError(field=field, message=message))
+    first = details[0] if details else FieldError(field="body", message="invalid request")
+    summary = "; ".join(f"{d.field}: {d.message}" for d in details)
+    return error_response(422, "invalid_parameter", summary, first.field, details)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(StarletteHTTPException, exc)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable: %s", exc)
+    return error_response(
+        503, NotReady.code, "the job store (Redis) is unreachable; retry shortly", retry_after_s=5
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error; the server log has details")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisError, _redis_down)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,66 @@
+"""Resolving a request against the served model: its size rules and its defaults."""
+
+from __future__ import annotations
+
+import secrets
+
+from common.contract import MAX_SEED, GenerateParams, GenerateRequest, ModelInfo
+from service.errors import InvalidParameter
+
+
+def _check_side(name: str, value: int, info: ModelInfo) -> None:
+    if value % info.size_multiple:
+        lower = value - value % info.size_multiple
+        raise InvalidParameter(
+            f"{name} must be a multiple of {info.size_multiple} (the model's VAE scale factor "
+            f"times its patch size); got {value}, try {max(lower, info.min_size)} or "
+            f"{lower + info.size_multiple}",
+            field=name,
+        )
+    if not info.min_size <= value <= info.max_size:
+        raise InvalidParameter(
+            f"{name} must be between {info.min_size} and {info.max_size} for model "
+            f"{info.id!r}; got {value}",
+            field=name,
+        )
+
+
+def resolve(request: GenerateRequest, info: ModelInfo) -> GenerateParams:
+    width = request.width if request.width is not None else info.default_width
+    height = request.height if request.height is not None else info.default_height
+    _check_side("width", width, info)
+    _check_side("height", height, info)
+    return GenerateParams(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=width,
+        height=height,
+        steps=request.steps if request.steps is not None else info.default_steps,
+        guidance_scale=(
+            request.guidance_scale
+            if request.guidance_scale is not None
+            else info.default_guidance_scale
+        ),
+        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        num_images=request.num_images,
+        output_format=request.output_format,
+    )
+
+
+def parse_prefer_wait(header: str | None, limit_s: int) -> int | None:
+    """The `wait` preference of an RFC 7240 Prefer header, in seconds; other preferences pass."""
+    if not header:
+        return None
+    for preference in header.split(","):
+        token = preference.split(";")[0].strip()
+        name, _, value = token.partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value.isdigit() or int(value) > limit_s:
+            raise InvalidParameter(
+                f"Prefer: wait must be whole seconds from 0 to {limit_s}; got {value!r}",
+                field="prefer",
+            )
+        return int(value)
+    return None
