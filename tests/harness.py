@@ -1,0 +1,71 @@
+"""Starting the real parts: redis-server, the API under uvicorn, worker processes.
+
+Processes are started with the same `Stack` that `sd3-serve dev` uses, and every wait polls a
+real readiness signal with a deadline; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from service import dev
+from service.dev import Stack, free_port, wait_until
+
+START_TIMEOUT_S = 120
+
+
+@dataclass
+class Api:
+    url: str
+    client: httpx.Client
+
+
+@dataclass
+class Stackup:
+    api: Api
+    worker_metrics_url: str
+    redis_url: str
+    stack: Stack
+
+
+def start_redis(stack: Stack, workdir: Path) -> str:
+    return dev.start_redis(stack, workdir, dict(os.environ))
+
+
+def base_env(redis_url: str, results_dir: Path, model_dir: Path) -> dict[str, str]:
+    return dict(os.environ) | {
+        "REDIS_URL": redis_url,
+        "RESULTS_DIR": str(results_dir),
+        "MODEL": str(model_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start_api(stack: Stack, env: dict[str, str]) -> Api:
+    url = dev.start_api(stack, env, "127.0.0.1", free_port())
+    return Api(url, httpx.Client(base_url=url, timeout=120))
+
+
+@dataclass
+class Worker:
+    metrics_url: str
+    process: subprocess.Popen[bytes]
+
+
+def start_worker(stack: Stack, env: dict[str, str], name: str) -> Worker:
+    process, metrics_url = dev.start_worker(stack, env, name)
+    return Worker(metrics_url, process)
+
+
+def worker_count(api: Api) -> int:
+    return int(api.client.get("/readyz").json()["workers"])
+
+
+def poll(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    wait_until(check, Stack(), what, timeout_s)

@@ -1,0 +1,161 @@
+"""Unit tests of pure logic: parameter resolution, Prefer parsing, labels, the result store."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from common.contract import GenerateRequest, ModelInfo, OutputFormat
+from common.jobstore import decode_record
+from common.results import LocalResultStore
+from service.client import output_paths
+from service.errors import InvalidParameter
+from service.params import parse_prefer_wait, resolve
+from worker.metrics import resolution_label
+
+SD3 = ModelInfo(
+    id="sd3",
+    pipeline="StableDiffusion3Pipeline",
+    device="cuda",
+    dtype="bfloat16",
+    size_multiple=16,
+    min_size=256,
+    max_size=2048,
+    default_width=1024,
+    default_height=1024,
+    default_steps=28,
+    default_guidance_scale=7.0,
+    scheduler="FlowMatchEulerDiscreteScheduler",
+    scheduler_shift=3.0,
+    text_encoders=["clip", "clip", "t5"],
+)
+
+
+def test_resolve_fills_model_defaults_and_picks_a_seed() -> None:
+    params = resolve(GenerateRequest(prompt="  a cat  "), SD3)
+    assert (params.width, params.height, params.steps, params.guidance_scale) == (
+        1024,
+        1024,
+        28,
+        7.0,
+    )
+    assert params.prompt == "a cat"
+    assert 0 <= params.seed < 2**32
+    assert params.output_format is OutputFormat.png
+    seeds = {resolve(GenerateRequest(prompt="a"), SD3).seed for _ in range(20)}
+    assert len(seeds) > 1
+
+
+def test_resolve_keeps_explicit_values() -> None:
+    request = GenerateRequest(
+        prompt="a",
+        width=1216,
+        height=832,
+        steps=4,
+        guidance_scale=0,
+        seed=0,
+        num_images=4,
+        output_format=OutputFormat.webp,
+    )
+    params = resolve(request, SD3)
+    assert (params.width, params.height, params.steps, params.guidance_scale) == (1216, 832, 4, 0)
+    assert (params.seed, params.num_images, params.output_format) == (0, 4, OutputFormat.webp)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "field", "words"),
+    [
+        (1000, 1024, "width", "try 992 or 1008"),
+        (1024, 100, "height", "multiple of 16"),
+        (240, 1024, "width", "between 256 and 2048"),
+        (1024, 2064, "height", "between 256 and 2048"),
+    ],
+)
+def test_resolve_teaches_the_size_rules(width: int, height: int, field: str, words: str) -> None:
+    with pytest.raises(InvalidParameter) as err:
+        resolve(GenerateRequest(prompt="a", width=width, height=height), SD3)
+    assert err.value.field == field
+    assert words in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("respond-async", None),
+        ("wait=5", 5),
+        ("respond-async, wait=60", 60),
+        ("WAIT = 0", 0),
+        ('wait="7"', 7),
+        ("handling=lenient; foo, wait=3", 3),
+    ],
+)
+def test_prefer_wait_parsing(header: str | None, expected: int | None) -> None:
+    assert parse_prefer_wait(header, 60) == expected
+
+
+@pytest.mark.parametrize("header", ["wait=61", "wait=", "wait=-2", "wait=2.5", "wait=abc"])
+def test_prefer_wait_refusals(header: str) -> None:
+    with pytest.raises(InvalidParameter) as err:
+        parse_prefer_wait(header, 60)
+    assert err.value.field == "prefer"
+
+
+def test_resolution_label_is_bounded() -> None:
+    known = frozenset({"1024x1024", "64x64"})
+    assert resolution_label(1024, 1024, known) == "1024x1024"
+    assert resolution_label(1024, 1008, known) == "other"
+
+
+def test_output_paths() -> None:
+    assert output_paths(Path("a/out.png"), 1) == [Path("a/out.png")]
+    assert output_paths(Path("out.webp"), 2) == [Path("out-0.webp"), Path("out-1.webp")]
+
+
+def test_record_timings_come_from_redis_timestamps() -> None:
+    record = decode_record(
+        "ab" * 16,
+        {
+            "status": "succeeded",
+            "created_at": "100.0",
+            "started_at": "100.5",
+            "finished_at": "103.0",
+            "params": resolve(GenerateRequest(prompt="a"), SD3).model_dump_json(),
+            "timings": '{"inference": 2.0, "encode": 0.25}',
+            "image_count": "1",
+            "step": "28",
+            "total": "28",
+            "attempts": "1",
+        },
+    )
+    t = record.timings
+    assert (t.queue_wait, t.inference, t.encode, t.total) == (0.5, 2.0, 0.25, 3.0)
+    assert record.progress is not None and record.progress.step == 28
+
+
+def test_result_store_round_trip_and_purge(tmp_path: Path) -> None:
+    store = LocalResultStore(tmp_path)
+    job = "0123456789abcdef" * 2
+    store.put(job, 0, b"png-bytes", OutputFormat.png)
+    store.put(job, 1, b"jpeg-bytes", OutputFormat.jpeg)
+    image = store.get(job, 1)
+    assert image is not None and (image.data, image.content_type) == (b"jpeg-bytes", "image/jpeg")
+    assert store.get(job, 2) is None
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / job).iterdir())
+    assert store.purge_older_than(3600) == 0
+    old = time.time() - 7200
+    os.utime(tmp_path / job, (old, old))
+    assert store.purge_older_than(3600) == 1
+    assert store.get(job, 0) is None
+
+
+@pytest.mark.parametrize("job_id", ["../etc", "0123", "0123456789ABCDEF" * 2, "x" * 32])
+def test_result_store_refuses_paths_that_are_not_job_ids(tmp_path: Path, job_id: str) -> None:
+    store = LocalResultStore(tmp_path)
+    assert store.get(job_id, 0) is None
+    with pytest.raises(ValueError, match="not a job id"):
+        store.put(job_id, 0, b"x", OutputFormat.png)

@@ -1,0 +1,83 @@
+"""Readiness follows the workers' warmth, and an accepted job outlives the worker running it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from service.dev import Stack
+from tests.harness import Api, base_env, poll, start_api, start_redis, start_worker, worker_count
+from tests.helpers import first_progress, submit, wait_final
+
+pytestmark = pytest.mark.stack
+
+
+@dataclass
+class Bare:
+    stack: Stack
+    api: Api
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Bare]:
+    """Redis and the API with no worker: each test starts the workers it needs."""
+    stack = Stack()
+    work = tmp_path_factory.mktemp("bare")
+    try:
+        redis_url = start_redis(stack, work)
+        env = base_env(redis_url, work / "results", model_dir) | {
+            "HEARTBEAT_S": "1",  # a killed worker's heartbeat lapses within 3 s
+            "JOB_HEARTBEAT_S": "2",  # and its job counts as abandoned 2 s after its last step
+        }
+        api = start_api(stack, env)
+        with closing(api.client):
+            yield Bare(stack, api, env)
+    finally:
+        stack.stop()
+
+
+def test_readiness_follows_the_worker(bare: Bare) -> None:
+    api = bare.api
+    reply = api.client.get("/readyz")
+    assert reply.status_code == 503
+    assert reply.json() == {"ready": False, "redis": True, "workers": 0}
+    refused = submit(api, prompt="too early")
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "not_ready"
+    assert refused.headers["retry-after"] == "5"
+    assert api.client.get("/v1/models").status_code == 503
+
+    worker = start_worker(bare.stack, bare.env, "lifecycle-a")
+    # Still loading torch and the pipeline: not ready yet.
+    assert api.client.get("/readyz").status_code == 503
+    poll(lambda: api.client.get("/readyz").status_code == 200, "the worker to be warm")
+    assert api.client.get("/readyz").json() == {"ready": True, "redis": True, "workers": 1}
+    assert submit(api, prefer="wait=60", prompt="now", steps=1).status_code == 200
+
+    worker.process.terminate()  # a clean stop retires the heartbeat at once
+    assert worker.process.wait(timeout=60) == 0
+    assert worker_count(api) == 0
+    assert api.client.get("/readyz").status_code == 503
+
+
+def test_accepted_job_survives_its_worker_dying(bare: Bare) -> None:
+    api = bare.api
+    first = start_worker(bare.stack, bare.env, "lifecycle-b")
+    poll(lambda: worker_count(api) == 1, "the first worker")
+    job = submit(api, prompt="outlives its worker", width=384, height=384, steps=60).json()
+    first_progress(api, job["id"])
+    first.process.kill()  # no clean-up at all, as in a crash or an OOM kill
+    first.process.wait(timeout=30)
+    poll(lambda: worker_count(api) == 0, "the dead worker's heartbeat to lapse")
+    assert api.client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+
+    start_worker(bare.stack, bare.env, "lifecycle-c")  # finds the job abandoned and re-runs it
+    done = wait_final(api, job["id"], timeout_s=180)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert len(done["links"]["images"]) == 1
