@@ -6,19 +6,16 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from service.dev import Stack, wait_until
+from service.dev import wait_until
 from tests.harness import (
     START_TIMEOUT_S,
     Api,
-    Stackup,
-    base_env,
-    start_api,
-    start_redis,
+    Deployment,
+    deployment,
     start_worker,
     worker_count,
 )
@@ -39,22 +36,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Stackup]:
+def live(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Deployment]:
     """Redis, the API and one warm worker, shared by the end-to-end tests."""
-    stack = Stack()
-    work = tmp_path_factory.mktemp("live")
-    try:
-        redis_url = start_redis(stack, work)
-        env = base_env(redis_url, work / "results", model_dir)
-        api = start_api(stack, env)
-        metrics = start_worker(stack, env, "test-worker").metrics_url
-        wait_until(lambda: worker_count(api) == 1, stack, "a warm worker", START_TIMEOUT_S)
-        with closing(api.client):
-            yield Stackup(api, metrics, redis_url, stack)
-    finally:
-        stack.stop()
+    with deployment(tmp_path_factory.mktemp("live"), model_dir) as live:
+        live.worker_metrics_url = start_worker(live.stack, live.env, "test-worker").metrics_url
+        wait_until(
+            lambda: worker_count(live.api) == 1, live.stack, "a warm worker", START_TIMEOUT_S
+        )
+        yield live
 
 
 @pytest.fixture
-def api(live: Stackup) -> Api:
+def api(live: Deployment) -> Api:
     return live.api

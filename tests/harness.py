@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,14 @@ class Api:
 
 
 @dataclass
-class Stackup:
-    api: Api
-    worker_metrics_url: str
-    redis_url: str
+class Deployment:
+    """A private Redis and API (and, for `live`, a warm worker) for a group of tests."""
+
     stack: Stack
+    api: Api
+    env: dict[str, str]
+    redis_url: str
+    worker_metrics_url: str = ""
 
 
 def start_redis(stack: Stack, workdir: Path) -> str:
@@ -69,3 +73,19 @@ def worker_count(api: Api) -> int:
 
 def poll(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
     wait_until(check, Stack(), what, timeout_s)
+
+
+@contextmanager
+def deployment(
+    work: Path, model_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[Deployment]:
+    """Redis and the API, stopped (with whatever the tests added to the stack) on exit."""
+    stack = Stack()
+    try:
+        redis_url = start_redis(stack, work)
+        env = base_env(redis_url, work / "results", model_dir) | (extra_env or {})
+        api = start_api(stack, env)
+        with closing(api.client):
+            yield Deployment(stack, api, env, redis_url)
+    finally:
+        stack.stop()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Api, Stackup
+from tests.harness import Api, Deployment
 from tests.helpers import events, fetch_image, submit, wait_final
 
 pytestmark = pytest.mark.stack
@@ -120,7 +120,7 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return out
 
 
-def test_metrics_carry_resolution_and_steps_labels(live: Stackup) -> None:
+def test_metrics_carry_resolution_and_steps_labels(live: Deployment) -> None:
     api = live.api
     assert (
         submit(api, prefer="wait=60", prompt="x", width=128, height=128, steps=8).status_code == 200

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from service.dev import Stack, free_port
-from tests.harness import Stackup, poll, start_api
+from tests.harness import Deployment, poll, start_api
 from tests.helpers import submit
 
 
@@ -59,7 +59,7 @@ def test_bad_settings_are_refused_at_start(command: str, variable: str, value: s
 
 
 @pytest.mark.stack
-def test_generate_cli_writes_decodable_images(live: Stackup, tmp_path: Path) -> None:
+def test_generate_cli_writes_decodable_images(live: Deployment, tmp_path: Path) -> None:
     out = tmp_path / "pic.png"
     result = run(
         [
@@ -99,7 +99,7 @@ def test_generate_cli_writes_decodable_images(live: Stackup, tmp_path: Path) -> 
 
 
 @pytest.mark.stack
-def test_generate_cli_reports_bad_input(live: Stackup, tmp_path: Path) -> None:
+def test_generate_cli_reports_bad_input(live: Deployment, tmp_path: Path) -> None:
     result = run(
         ["generate", "x", "-o", str(tmp_path / "o.png"), "--url", live.api.url, "--steps", "500"]
     )
@@ -109,7 +109,7 @@ def test_generate_cli_reports_bad_input(live: Stackup, tmp_path: Path) -> None:
 
 
 @pytest.mark.stack
-def test_full_queue_answers_429(live: Stackup, tmp_path: Path) -> None:
+def test_full_queue_answers_429(live: Deployment, tmp_path: Path) -> None:
     stack = Stack()
     try:
         # A second API on the same Redis, feeding a queue no worker listens to.

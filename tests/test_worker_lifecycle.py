@@ -3,45 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from service.dev import Stack
-from tests.harness import Api, base_env, poll, start_api, start_redis, start_worker, worker_count
+from tests.harness import (
+    Deployment,
+    deployment,
+    poll,
+    start_worker,
+    worker_count,
+)
 from tests.helpers import first_progress, submit, wait_final
 
 pytestmark = pytest.mark.stack
 
 
-@dataclass
-class Bare:
-    stack: Stack
-    api: Api
-    env: dict[str, str]
-
-
 @pytest.fixture(scope="module")
-def bare(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Bare]:
+def bare(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Deployment]:
     """Redis and the API with no worker: each test starts the workers it needs."""
-    stack = Stack()
-    work = tmp_path_factory.mktemp("bare")
-    try:
-        redis_url = start_redis(stack, work)
-        env = base_env(redis_url, work / "results", model_dir) | {
-            "HEARTBEAT_S": "1",  # a killed worker's heartbeat lapses within 3 s
-            "JOB_HEARTBEAT_S": "2",  # and its job counts as abandoned 2 s after its last step
-        }
-        api = start_api(stack, env)
-        with closing(api.client):
-            yield Bare(stack, api, env)
-    finally:
-        stack.stop()
+    fast_failover = {
+        "HEARTBEAT_S": "1",  # a killed worker's heartbeat lapses within 3 s
+        "JOB_HEARTBEAT_S": "2",  # and its job counts as abandoned 2 s after its last step
+    }
+    with deployment(tmp_path_factory.mktemp("bare"), model_dir, fast_failover) as bare:
+        yield bare
 
 
-def test_readiness_follows_the_worker(bare: Bare) -> None:
+def test_readiness_follows_the_worker(bare: Deployment) -> None:
     api = bare.api
     reply = api.client.get("/readyz")
     assert reply.status_code == 503
@@ -65,7 +54,7 @@ def test_readiness_follows_the_worker(bare: Bare) -> None:
     assert api.client.get("/readyz").status_code == 503
 
 
-def test_accepted_job_survives_its_worker_dying(bare: Bare) -> None:
+def test_accepted_job_survives_its_worker_dying(bare: Deployment) -> None:
     api = bare.api
     first = start_worker(bare.stack, bare.env, "lifecycle-b")
     poll(lambda: worker_count(api) == 1, "the first worker")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPTokenizer, T5TokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 CLIP_MAX_LENGTH = 77  # fixed by the pipeline and the CLIP position embeddings
 # The pipeline pads T5 input to ``max_sequence_length`` (default 256) whatever this says;
@@ -36,23 +37,6 @@ T5_SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in T5
 CLIP_SPLIT = (
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
 )
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP mapping from bytes to printable characters (the byte-level alphabet)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
 def train_clip_bpe(corpus: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -78,7 +62,7 @@ def train_clip_bpe(corpus: Sequence[str]) -> tuple[dict[str, int], list[tuple[st
     tok.train_from_iterator(corpus, trainer)
     merges = [(a, b) for a, b in json.loads(tok.to_str())["model"]["merges"]]
 
-    symbols = list(bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())  # CLIP's byte-level alphabet
     tokens = [*symbols, *(s + "</w>" for s in symbols), *(a + b for a, b in merges), BOS, EOS]
     vocab: dict[str, int] = {}
     for t in tokens:

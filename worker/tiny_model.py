@@ -27,6 +27,7 @@ from transformers import (
     T5EncoderModel,
     T5TokenizerFast,
 )
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from common.contract import SERVING_DEFAULTS_FILE
 
@@ -41,26 +42,9 @@ T5_MAX_LENGTH = 256
 SERVING_DEFAULTS = {"default_steps": 8, "default_guidance_scale": 4.5}
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The printable stand-ins CLIP's byte-level BPE uses for the 256 byte values."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
 def _clip_tokenizer() -> CLIPTokenizer:
     # A byte-level vocabulary with no merges: every prompt tokenizes, one token per character.
-    chars = _bytes_to_unicode()
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
