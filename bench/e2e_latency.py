@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -75,6 +76,7 @@ def main() -> None:
         client.close()
     finally:
         stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     a, b = statistics.median(served), statistics.median(bare)
     print(f"{args.size}x{args.size}, {args.steps} steps, {args.runs} runs each, alternating")
