@@ -2,7 +2,8 @@
 
 PREFIX = "sd3serve"
 MODEL_INFO = f"{PREFIX}:model"
-WORKER_PREFIX = f"{PREFIX}:worker:"
+# Sorted set of warm workers, each scored by when its heartbeat lapses (on Redis' clock).
+WORKERS = f"{PREFIX}:workers"
 
 
 def job(job_id: str) -> str:
@@ -13,8 +14,3 @@ def job(job_id: str) -> str:
 def events(job_id: str) -> str:
     """Stream of the job's events, read from the start by every SSE client."""
     return f"{PREFIX}:job:{job_id}:events"
-
-
-def worker(name: str) -> str:
-    """A warm worker's heartbeat; it expires when the worker stops refreshing it."""
-    return f"{WORKER_PREFIX}{name}"

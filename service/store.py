@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from redis.asyncio import Redis
 
-from common import jobstore, keys
+from common import jobstore, keys, workers
 from common.contract import GenerateParams, JobStatus, ModelInfo
 from common.jobstore import JobRecord
 
@@ -24,6 +22,7 @@ class ApiJobStore:
         self._create = redis.register_script(jobstore.CREATE)
         self._finish = redis.register_script(jobstore.FINISH)
         self._cancel = redis.register_script(jobstore.CANCEL)
+        self._live = redis.register_script(workers.LIVE)
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:
@@ -64,11 +63,7 @@ class ApiJobStore:
         return ModelInfo.model_validate_json(raw) if raw else None
 
     async def live_workers(self) -> int:
-        count = 0
-        it: AsyncIterator[str] = self.redis.scan_iter(match=f"{keys.WORKER_PREFIX}*", count=100)
-        async for _ in it:
-            count += 1
-        return count
+        return int(await self._live(keys=[keys.WORKERS]))
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())

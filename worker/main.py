@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -13,7 +12,6 @@ import torch
 from redis import Redis
 from rq import Queue, SimpleWorker, get_current_job
 
-from common.contract import GENERATE_TASK
 from worker import metrics, tasks
 from worker.pipeline import WarmPipeline
 from worker.runner import JobRunner
@@ -51,10 +49,9 @@ class WarmWorker(SimpleWorker):
 class Heartbeat:
     """Tells the API this worker is warm, and purges expired results while it is at it."""
 
-    def __init__(self, settings: WorkerSettings, store: WorkerJobStore, payload: str) -> None:
+    def __init__(self, settings: WorkerSettings, store: WorkerJobStore) -> None:
         self.settings = settings
         self.store = store
-        self.payload = payload
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
@@ -67,7 +64,7 @@ class Heartbeat:
         last_purge = 0.0
         while not self.stopped.is_set():
             try:
-                self.store.heartbeat(self.settings.worker_name, self.payload, ttl)
+                self.store.heartbeat(self.settings.worker_name, ttl)
                 if time.monotonic() - last_purge > 600:
                     self.settings.result_store().purge_older_than(self.settings.result_ttl_s)
                     last_purge = time.monotonic()
@@ -123,15 +120,7 @@ def run(settings: WorkerSettings) -> None:
     tasks.install(runner)
     store.publish_model(pipeline.info)
 
-    payload = json.dumps(
-        {
-            "name": settings.worker_name,
-            "metrics_url": metrics_url,
-            "model": pipeline.info.id,
-            "task": GENERATE_TASK,
-        }
-    )
-    heartbeat = Heartbeat(settings, store, payload)
+    heartbeat = Heartbeat(settings, store)
     ready.set()
     metrics.READY.set(1)
     heartbeat.start()

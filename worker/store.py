@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis import Redis
 
-from common import jobstore, keys
+from common import jobstore, keys, workers
 from common.contract import JobStatus, ModelInfo, Timings
 from common.jobstore import JobRecord
 
@@ -16,6 +16,7 @@ class WorkerJobStore:
         self._start = redis.register_script(jobstore.START)
         self._progress = redis.register_script(jobstore.PROGRESS)
         self._finish = redis.register_script(jobstore.FINISH)
+        self._beat = redis.register_script(workers.BEAT)
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:
@@ -51,8 +52,8 @@ class WorkerJobStore:
     def publish_model(self, info: ModelInfo) -> None:
         self.redis.set(keys.MODEL_INFO, info.model_dump_json())
 
-    def heartbeat(self, name: str, payload: str, ttl_s: int) -> None:
-        self.redis.set(keys.worker(name), payload, ex=ttl_s)
+    def heartbeat(self, name: str, ttl_s: int) -> None:
+        self._beat(keys=[keys.WORKERS], args=[name, ttl_s])
 
     def retire(self, name: str) -> None:
-        self.redis.delete(keys.worker(name))
+        self.redis.zrem(keys.WORKERS, name)
