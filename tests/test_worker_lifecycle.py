@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.harness import (
@@ -65,8 +66,35 @@ def test_accepted_job_survives_its_worker_dying(bare: Deployment) -> None:
     poll(lambda: worker_count(api) == 0, "the dead worker's heartbeat to lapse")
     assert api.client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
 
-    start_worker(bare.stack, bare.env, "lifecycle-c")  # finds the job abandoned and re-runs it
+    second = start_worker(bare.stack, bare.env, "lifecycle-c")  # finds the job abandoned
     done = wait_final(api, job["id"], timeout_s=180)
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2
     assert len(done["links"]["images"]) == 1
+    second.process.terminate()
+    assert second.process.wait(timeout=60) == 0
+
+
+def test_a_failed_generation_is_a_job_state(bare: Deployment, tmp_path: Path) -> None:
+    api = bare.api
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("the result store cannot create job folders under a file")
+    worker = start_worker(bare.stack, bare.env | {"RESULTS_DIR": str(blocked)}, "lifecycle-d")
+    poll(lambda: worker_count(api) == 1, "the worker with a broken result store")
+
+    reply = submit(api, prefer="wait=60", prompt="cannot be stored", steps=2)
+    assert reply.status_code == 200  # the request was fine; the job failed
+    job = reply.json()
+    assert job["status"] == "failed"
+    assert "NotADirectoryError" in job["error"] or "FileExistsError" in job["error"]
+    assert job["links"]["images"] == []
+    assert job["timings"]["inference"] > 0
+    image = api.client.get(f"/v1/jobs/{job['id']}/images/0")
+    assert image.status_code == 404 and image.json()["error"]["code"] == "image_not_found"
+    scrape = httpx.get(f"{worker.metrics_url}/metrics").text
+    assert 'sd3serve_jobs_finished_total{status="failed"} 1.0' in scrape
+
+    # The worker survives its failed job and serves the next one the same way.
+    assert submit(api, prefer="wait=60", prompt="again", steps=1).json()["status"] == "failed"
+    worker.process.terminate()
+    assert worker.process.wait(timeout=60) == 0
