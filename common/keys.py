@@ -14,3 +14,8 @@ def job(job_id: str) -> str:
 def events(job_id: str) -> str:
     """Stream of the job's events, read from the start by every SSE client."""
     return f"{PREFIX}:job:{job_id}:events"
+
+
+def script_keys(job_id: str) -> list[str]:
+    """KEYS of every job-transition script in common.jobstore: the record, then its events."""
+    return [job(job_id), events(job_id)]

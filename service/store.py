@@ -24,12 +24,10 @@ class ApiJobStore:
         self._cancel = redis.register_script(jobstore.CANCEL)
         self._live = redis.register_script(workers.LIVE)
 
-    @staticmethod
-    def _keys(job_id: str) -> list[str]:
-        return [keys.job(job_id), keys.events(job_id)]
-
     async def create(self, job_id: str, params: GenerateParams) -> None:
-        await self._create(keys=self._keys(job_id), args=jobstore.create_args(params, self.ttl_s))
+        await self._create(
+            keys=keys.script_keys(job_id), args=jobstore.create_args(params, self.ttl_s)
+        )
 
     async def get(self, job_id: str) -> JobRecord | None:
         fields: dict[str, str] = await self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
@@ -37,12 +35,14 @@ class ApiJobStore:
 
     async def fail(self, job_id: str, error: str) -> None:
         args = jobstore.finish_args(JobStatus.failed, self.ttl_s, error=error)
-        await self._finish(keys=self._keys(job_id), args=args)
+        await self._finish(keys=keys.script_keys(job_id), args=args)
 
     async def cancel(self, job_id: str) -> str:
         """'canceled', 'cancel_requested', 'missing', or the terminal state the job is in."""
         return str(
-            await self._cancel(keys=self._keys(job_id), args=[jobstore.EVENTS_MAXLEN, self.ttl_s])
+            await self._cancel(
+                keys=keys.script_keys(job_id), args=[jobstore.EVENTS_MAXLEN, self.ttl_s]
+            )
         )
 
     async def events(self, job_id: str, after: str, block_ms: int) -> list[EventEntry]:

@@ -18,13 +18,9 @@ class WorkerJobStore:
         self._finish = redis.register_script(jobstore.FINISH)
         self._beat = redis.register_script(workers.BEAT)
 
-    @staticmethod
-    def _keys(job_id: str) -> list[str]:
-        return [keys.job(job_id), keys.events(job_id)]
-
     def start(self, job_id: str) -> str:
         """Mark the job running; returns 'running', or the state that forbids starting it."""
-        return str(self._start(keys=self._keys(job_id), args=[jobstore.EVENTS_MAXLEN]))
+        return str(self._start(keys=keys.script_keys(job_id), args=[jobstore.EVENTS_MAXLEN]))
 
     def get(self, job_id: str) -> JobRecord | None:
         fields: dict[str, str] = self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
@@ -32,7 +28,9 @@ class WorkerJobStore:
 
     def progress(self, job_id: str, step: int, total: int) -> bool:
         """Publish progress; returns True when the client asked to cancel the job."""
-        flag = self._progress(keys=self._keys(job_id), args=[jobstore.EVENTS_MAXLEN, step, total])
+        flag = self._progress(
+            keys=keys.script_keys(job_id), args=[jobstore.EVENTS_MAXLEN, step, total]
+        )
         return bool(flag)
 
     def finish(
@@ -47,7 +45,7 @@ class WorkerJobStore:
         args = jobstore.finish_args(
             status, self.ttl_s, timings=timings, image_count=image_count, error=error
         )
-        self._finish(keys=self._keys(job_id), args=args)
+        self._finish(keys=keys.script_keys(job_id), args=args)
 
     def publish_model(self, info: ModelInfo) -> None:
         self.redis.set(keys.MODEL_INFO, info.model_dump_json())
