@@ -5,8 +5,10 @@ Both the API and the workers import this module, so it must stay free of torch a
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -18,8 +20,16 @@ MAX_IMAGES = 4
 # Hard ceilings of the schema; each model narrows them further (see ModelInfo).
 MIN_SIDE = 8
 MAX_SIDE = 4096
-# Optional file in a model folder with the defaults the worker advertises for that model.
+# Optional file in a model folder saying how the model is meant to be called: the defaults the
+# worker advertises ("default_steps", "default_guidance_scale") and the T5 context length it
+# was trained with ("max_sequence_length"; the pipeline's own default is 256).
 SERVING_DEFAULTS_FILE = "sd3_serve.json"
+
+
+def serving_defaults(model_dir: Path) -> dict[str, Any]:
+    """A model folder's SERVING_DEFAULTS_FILE, or {} (hub ids, folders without one)."""
+    path = model_dir / SERVING_DEFAULTS_FILE
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 class OutputFormat(StrEnum):

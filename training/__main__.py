@@ -1,5 +1,6 @@
-"""Command line: ``python -m training all --out DIR --seed 0`` and
-``python -m training evaluate MODEL_DIR``.
+"""Command line: ``python -m training all --out DIR --seed 0``,
+``python -m training evaluate MODEL_DIR --report REPORT_DIR`` and
+``python -m training compare NAME=REPORT_DIR/evaluation.json ...``.
 
 ``all`` builds the untrained components, trains the VAE, measures its latent statistics,
 caches latents and caption embeddings, trains the transformer and writes the pipeline with
@@ -19,13 +20,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # imported after the environment is set
 
+from common.contract import serving_defaults
 from training import bench, build, evaluate, run, train_transformer, train_vae
 
 
-def setup_torch(threads: int) -> None:
+def setup_torch(threads: int, device: str = "cpu") -> None:
     torch.set_num_threads(threads)
-    # Same seed, same machine, same thread count → same weights.
-    torch.use_deterministic_algorithms(True)
+    if device.startswith("cuda"):
+        # cuBLAS is deterministic only with a fixed workspace (read when CUDA starts).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # Same seed, same machine, same thread count → same weights. Some CUDA kernels have no
+    # deterministic variant; GPU runs are for exploring recipes, so they only warn there.
+    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +42,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     al.add_argument("--work", type=Path, help="artefact folder (default <out>.work)")
     al.add_argument("--seed", type=int, default=0)
+    al.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for the VAE and the transformer (e.g. cuda); the shipped weights "
+        "are the CPU run's",
+    )
+    al.add_argument("--patch-size", type=int, default=build.Dims.patch_size)
+    al.add_argument("--layers", type=int, default=build.Dims.layers)
+    al.add_argument("--heads", type=int, default=build.Dims.heads)
     al.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     al.add_argument("--scenes", type=int, default=16384, help="training scenes (and latents)")
     al.add_argument("--vae-steps", type=int, default=train_vae.VaeConfig.steps)
@@ -65,26 +80,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=build.MAX_SEQUENCE_LENGTH,
         help="T5 length trained for (the pipeline's default is 256)",
     )
-    al.add_argument(
-        "--short-length",
-        type=int,
-        default=train_transformer.DitConfig.short_length,
-        help="T5 length for the cheap fraction of steps (0: off)",
-    )
-    al.add_argument(
-        "--short-fraction", type=float, default=train_transformer.DitConfig.short_fraction
-    )
     al.add_argument("--val-every", type=int, default=train_transformer.DitConfig.val_every)
 
     ev = sub.add_parser("evaluate", help="attribute accuracy of a pipeline folder")
     ev.add_argument("model_dir", type=Path)
     ev.add_argument("--steps", type=int, nargs="+", default=list(evaluate.STEP_COUNTS))
     ev.add_argument("--seeds", type=int, nargs="+", default=list(evaluate.SEEDS))
-    ev.add_argument("--guidance", type=float, default=run.GUIDANCE_SCALE)
-    ev.add_argument("--max-sequence-length", type=int, default=build.MAX_SEQUENCE_LENGTH)
+    ev.add_argument("--guidance", type=float, help="default: the model's, else 5.0")
+    ev.add_argument("--max-sequence-length", type=int, help="default: the model's, else 256")
     ev.add_argument("--limit", type=int, help="first N prompts per split (smoke tests)")
     ev.add_argument("--report", type=Path, help="folder for contact sheets and a JSON report")
     ev.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ev.add_argument("--device", default="cpu")
+    cp = sub.add_parser("compare", help="evaluation reports side by side")
+    cp.add_argument(
+        "reports", nargs="+", metavar="NAME=REPORT", help="evaluation.json of each model"
+    )
     bn = sub.add_parser("bench", help="measure seconds per step of each stage")
     bn.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     bn.add_argument("--repeats", type=int, default=5)
@@ -94,29 +105,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    setup_torch(args.threads)
-    pipe = evaluate.load_pipeline(args.model_dir)
+    setup_torch(args.threads, args.device)
+    pipe = evaluate.load_pipeline(args.model_dir).to(args.device)
+    # Call the model as the worker would: with the defaults its folder declares.
+    defaults = serving_defaults(args.model_dir)
+    guidance = args.guidance or defaults.get("default_guidance_scale", run.GUIDANCE_SCALE)
+    length = args.max_sequence_length or defaults.get("max_sequence_length", 256)
     samples = evaluate.run_evaluation(
         pipe,
         step_counts=args.steps,
         seeds=args.seeds,
-        guidance_scale=args.guidance,
-        max_sequence_length=args.max_sequence_length,
+        guidance_scale=float(guidance),
+        max_sequence_length=int(length),
         limit=args.limit,
         sheet_dir=args.report,
     )
+    trained = json.loads((args.model_dir / "training.json").read_text())
+    losses = evaluate.validation_loss(pipe, int(trained["seed"]), int(length))
     if args.report is not None:
-        evaluate.write_report(samples, args.report / "evaluation.json")
+        evaluate.write_report(samples, losses, args.report / "evaluation.json")
     print(evaluate.format_table(evaluate.summarise(samples)))
+    print(evaluate.format_losses(losses))
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    reports = {}
+    for item in args.reports:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected NAME=REPORT, got {item!r}")
+        reports[name] = json.loads(Path(path).read_text())
+    print(
+        evaluate.format_comparison(
+            {n: r["summary"] for n, r in reports.items()},
+            {n: r["validation_loss"] for n, r in reports.items()},
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "all":
-        setup_torch(args.threads)
+        setup_torch(args.threads, args.device)
         run.run_all(args)
     elif args.command == "evaluate":
         run_evaluate(args)
+    elif args.command == "compare":
+        run_compare(args)
     else:
         setup_torch(args.threads)
         results = bench.run(args.vae_batch, args.dit_batch, repeats=args.repeats)

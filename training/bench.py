@@ -94,7 +94,7 @@ def bench_inference(batch_size: int, t5_length: int, repeats: int) -> float:
 def run(
     vae_batch: int = 32,
     dit_batch: int = 64,
-    t5_lengths: tuple[int, ...] = (build.MAX_SEQUENCE_LENGTH, 32),
+    t5_lengths: tuple[int, ...] = (build.MAX_SEQUENCE_LENGTH, 256),
     repeats: int = 5,
 ) -> dict[str, float]:
     results: dict[str, float] = {}

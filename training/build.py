@@ -37,10 +37,14 @@ from transformers import (
 
 from training import scenes, text
 
-# The pipeline pads T5 input to this many tokens by default; training must see the same
-# context length as inference, since T5 (bidirectional, no attention mask in the pipeline)
-# and the joint attention both see the padding.
-MAX_SEQUENCE_LENGTH = 256
+# T5 context length the model is trained for. Inference must use the same length, since T5
+# (bidirectional, no attention mask in the pipeline) and the joint attention both see the
+# padding; the pipeline's own default is 256, so training.json records this value and the
+# worker passes it. Captions take at most ~20 T5 tokens, and the text tokens (77 CLIP + T5)
+# dominate the transformer's cost: at 256 a training step is ~3× slower than at 32.
+MAX_SEQUENCE_LENGTH = 32
+# Requests up to this size must run (quality aside), so the positional grid must cover it.
+MAX_PIXELS = 256
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,14 @@ class Dims:
     # = 256 pixels, so the pipeline accepts images up to 256×256.
     pos_embed_max_size: int = 32
 
+    @classmethod
+    def sized(cls, patch_size: int, layers: int, heads: int) -> Dims:
+        """Default dims with another transformer shape; the positional grid still admits
+        256×256 images."""
+        base = cls(patch_size=patch_size, layers=layers, heads=heads)
+        grid = -(-MAX_PIXELS // (patch_size * base.vae_scale_factor))
+        return cls(patch_size=patch_size, layers=layers, heads=heads, pos_embed_max_size=grid)
+
     @property
     def vae_scale_factor(self) -> int:
         return int(2 ** (len(self.vae_channels) - 1))
@@ -76,7 +88,7 @@ class Dims:
         if self.t5_d_model % self.t5_heads:
             raise ValueError("T5 d_model must be divisible by its head count")
         max_pixels = self.pos_embed_max_size * self.patch_size * self.vae_scale_factor
-        if max_pixels < 256:
+        if max_pixels < MAX_PIXELS:
             raise ValueError(f"pos_embed_max_size admits only {max_pixels}-pixel images")
 
 
@@ -230,12 +242,12 @@ def encode_captions(
             prompt=captions[i : i + batch_size],
             prompt_2=None,
             prompt_3=None,
-            device=torch.device("cpu"),
+            device=pipe.text_encoder.device,
             do_classifier_free_guidance=False,
             max_sequence_length=max_sequence_length,
         )
-        embeds.append(e)
-        pooled.append(p)
+        embeds.append(e.cpu())
+        pooled.append(p.cpu())
     return torch.cat(embeds), torch.cat(pooled)
 
 

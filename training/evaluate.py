@@ -19,6 +19,7 @@ from diffusers import StableDiffusion3Pipeline
 from PIL import Image
 from tqdm import tqdm
 
+from training import build, train_transformer, train_vae
 from training.analyser import analyse
 from training.build import MAX_SEQUENCE_LENGTH
 from training.scenes import (
@@ -27,12 +28,15 @@ from training.scenes import (
     Colour,
     Position,
     Scene,
+    SceneSet,
     Shape,
     Size,
     caption,
+    make_scene_set,
 )
 
 STEP_COUNTS = (4, 8, 16, 28)
+VAL_SEEN, VAL_HELD_OUT = 128, 128
 SEEDS = (0, 1)
 ATTRIBUTES = ("colour", "shape", "size", "position", "background")
 SPLITS = ("seen", "held-out")
@@ -55,6 +59,34 @@ def evaluation_scenes() -> dict[str, list[Scene]]:
     seen = [_cycled(k, seen_pairs[k // 2]) for k in range(2 * len(seen_pairs))]
     held = [_cycled(k, held_pairs[k // 10]) for k in range(10 * len(held_pairs))]
     return {"seen": seen, "held-out": held}
+
+
+def validation_scenes(seed: int) -> dict[str, SceneSet]:
+    """The validation sets of a run with this seed (jittered, paraphrased like training)."""
+    return {
+        "seen": make_scene_set(VAL_SEEN, seed + 1000),
+        "held-out": make_scene_set(VAL_HELD_OUT, seed + 2000, held_out=True),
+    }
+
+
+@torch.no_grad()
+def validation_loss(
+    pipe: StableDiffusion3Pipeline, seed: int, max_sequence_length: int
+) -> dict[str, float]:
+    """The final validation velocity-MSE of a saved model, recomputed from its folder alone:
+    the same scenes, (t, ε) and keys as during its training run, at both t distributions."""
+    vae = pipe.vae
+    shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    losses = {}
+    for split, data in validation_scenes(seed).items():
+        latents = (train_vae.encode_means(vae, data.images) - shift) * scale
+        embeds, pooled = build.encode_captions(pipe, data.captions(), max_sequence_length)
+        table = train_transformer.TextTable(embeds, pooled, null=-1)
+        rows = train_transformer.LatentSet(latents, torch.arange(len(latents)))
+        for mode in train_transformer.VAL_TIMESTEPS:
+            key = train_transformer.val_key(split, mode)
+            losses[key] = train_transformer.validate(pipe.transformer, rows, table, mode, seed)
+    return losses
 
 
 @dataclass(frozen=True)
@@ -177,7 +209,38 @@ def load_pipeline(model_dir: Path) -> StableDiffusion3Pipeline:
     return pipe
 
 
-def write_report(samples: Sequence[Sample], path: Path) -> None:
+def format_comparison(
+    reports: dict[str, dict[str, dict[str, float]]], val_losses: dict[str, dict[str, float]]
+) -> str:
+    """Two or more models' summaries side by side: one column per model under each attribute,
+    then their validation losses."""
+    names = list(reports)
+    width = max(8, *(len(n) for n in names))
+    columns = [*ATTRIBUTES, "all"]
+    head = "  ".join(f"{c:^{len(names) * (width + 1) - 1}}" for c in columns)
+    sub = "  ".join(" ".join(f"{n:>{width}}" for n in names) for _ in columns)
+    lines = [f"{'':>5}  {'':<8}  {head}", f"{'steps':>5}  {'split':<8}  {sub}"]
+    for key in reports[names[0]]:
+        steps, split = key.split("/")
+        cells = "  ".join(
+            " ".join(f"{reports[n][key][c]:>{width}.3f}" for n in names) for c in columns
+        )
+        lines.append(f"{steps:>5}  {split:<8}  {cells}")
+    lines += ["", "validation velocity-MSE (EMA weights; same scenes, t and noise for every model)"]
+    lines.append(f"{'set':<28}  " + " ".join(f"{n:>{width}}" for n in names))
+    for key in val_losses[names[0]]:
+        values = " ".join(f"{val_losses[n][key]:>{width}.4f}" for n in names)
+        lines.append(f"{key:<28}  {values}")
+    return "\n".join(lines)
+
+
+def format_losses(losses: dict[str, float]) -> str:
+    lines = ["validation velocity-MSE (EMA weights)"]
+    lines += [f"  {key:<28} {value:.4f}" for key, value in losses.items()]
+    return "\n".join(lines)
+
+
+def write_report(samples: Sequence[Sample], val_losses: dict[str, float], path: Path) -> None:
     records = [
         {
             "steps": s.steps,
@@ -188,4 +251,5 @@ def write_report(samples: Sequence[Sample], path: Path) -> None:
         }
         for s in samples
     ]
-    path.write_text(json.dumps({"summary": summarise(samples), "samples": records}, indent=1))
+    report = {"summary": summarise(samples), "validation_loss": val_losses, "samples": records}
+    path.write_text(json.dumps(report, indent=1))

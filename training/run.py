@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusion3Pipeline
 
+from common.contract import SERVING_DEFAULTS_FILE
 from training import build, evaluate, plot, scenes, train_transformer, train_vae
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
+DEFAULT_STEPS = 28  # SD3's default, and the step count the evaluation targets
 GUIDANCE_SCALE = 5.0  # for the sample sheet, the default evaluation and training.json; untuned
-VAL_SEEN, VAL_HELD_OUT = 128, 128
 
 
 def log(message: str) -> None:
@@ -43,9 +44,10 @@ def vae_stage(
     """Train the VAE (or reload it with ``--reuse-vae``); returns the log record."""
     vae_dir = work / "vae"
     if args.reuse_vae and vae_dir.exists():
-        pipe.vae = type(pipe.vae).from_pretrained(vae_dir)
+        pipe.vae = type(pipe.vae).from_pretrained(vae_dir).to(args.device)
         return {"reused": str(vae_dir)}
-    bf16 = args.vae_precision == "bf16" or (args.vae_precision == "auto" and cpu_has_amx_bf16())
+    auto_bf16 = args.device != "cpu" or cpu_has_amx_bf16()
+    bf16 = args.vae_precision == "bf16" or (args.vae_precision == "auto" and auto_bf16)
     cfg = train_vae.VaeConfig(
         steps=args.vae_steps, batch_size=args.vae_batch, lr=args.vae_lr, bf16=bf16, seed=args.seed
     )
@@ -59,18 +61,15 @@ def vae_stage(
     return {"config": asdict(cfg), "final_l1": losses[-1], "seconds": time.perf_counter() - t0}
 
 
-def caption_tables(
-    pipe: StableDiffusion3Pipeline, captions: list[str], lengths: set[int]
-) -> tuple[dict[str, int], dict[int, train_transformer.TextTable]]:
-    """Row of each distinct caption, and its embeddings at each T5 length (+ the empty
+def caption_table(
+    pipe: StableDiffusion3Pipeline, captions: list[str], length: int
+) -> tuple[dict[str, int], train_transformer.TextTable]:
+    """Row of each distinct caption, and the embeddings at T5 length ``length`` (+ the empty
     prompt, used for CFG dropout, as the last row)."""
     distinct = sorted(set(captions))
     rows = {c: i for i, c in enumerate(distinct)}
-    tables = {}
-    for length in sorted(lengths):
-        embeds, pooled = build.encode_captions(pipe, [*distinct, ""], length)
-        tables[length] = train_transformer.TextTable(embeds, pooled, null=len(distinct))
-    return rows, tables
+    embeds, pooled = build.encode_captions(pipe, [*distinct, ""], length)
+    return rows, train_transformer.TextTable(embeds, pooled, null=len(distinct))
 
 
 def sample_sheet(pipe: StableDiffusion3Pipeline, max_sequence_length: int, path: Path) -> None:
@@ -91,6 +90,16 @@ def sample_sheet(pipe: StableDiffusion3Pipeline, max_sequence_length: int, path:
     evaluate.contact_sheet(rows).save(path)
 
 
+def write_serving_defaults(out: Path, max_sequence_length: int) -> None:
+    """How the worker should call the model (common.contract.SERVING_DEFAULTS_FILE)."""
+    defaults = {
+        "default_steps": DEFAULT_STEPS,
+        "default_guidance_scale": GUIDANCE_SCALE,
+        "max_sequence_length": max_sequence_length,
+    }
+    (out / SERVING_DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1) + "\n")
+
+
 def run_all(args: argparse.Namespace) -> None:
     out: Path = args.out
     work: Path = args.work or out.with_name(out.name + ".work")
@@ -98,12 +107,15 @@ def run_all(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     record: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
 
-    pipe = build.build_pipeline(args.seed, shift=args.shift)
+    dims = build.Dims.sized(args.patch_size, args.layers, args.heads)
+    pipe = build.build_pipeline(args.seed, dims, shift=args.shift)
+    # Only the two trained models move to the device; the frozen text encoders run once,
+    # on the CPU, to fill the caption tables.
+    device = torch.device(args.device)
+    pipe.vae.to(device)
+    pipe.transformer.to(device)
     data = scenes.make_scene_set(args.scenes, args.seed)
-    val_data = {
-        "seen": scenes.make_scene_set(VAL_SEEN, args.seed + 1000),
-        "held-out": scenes.make_scene_set(VAL_HELD_OUT, args.seed + 2000, held_out=True),
-    }
+    val_data = evaluate.validation_scenes(args.seed)
     log(f"rendered {len(data.scenes)} training scenes")
 
     record["vae"] = vae_stage(pipe, data, args, work)
@@ -116,11 +128,11 @@ def run_all(args: argparse.Namespace) -> None:
     raw = train_vae.encode_means(pipe.vae, data.images)
     shift, scale = train_vae.latent_stats(raw)
     train_vae.set_latent_stats(pipe.vae, shift, scale)
-    pipe.vae.save_pretrained(work / "vae")
+    pipe.vae.to("cpu").save_pretrained(work / "vae")
+    pipe.vae.to(device)
     val_raw = {k: train_vae.encode_means(pipe.vae, v.images) for k, v in val_data.items()}
-    lengths = {args.max_sequence_length} | ({args.short_length} if args.short_length else set())
     all_captions = [c for d in (data, *val_data.values()) for c in d.captions()]
-    rows, tables = caption_tables(pipe, all_captions, lengths)
+    rows, table = caption_table(pipe, all_captions, args.max_sequence_length)
     record["latents"] = {
         "shift_factor": shift,
         "scaling_factor": scale,
@@ -140,21 +152,19 @@ def run_all(args: argparse.Namespace) -> None:
         cfg_drop=args.cfg_drop,
         timesteps=args.timesteps,
         shift=args.shift,
-        short_length=args.short_length,
-        short_fraction=args.short_fraction,
         val_every=args.val_every,
         seed=args.seed,
     )
     ema, history = train_transformer.train_transformer(
         pipe.transformer,
         latent_set(raw, data),
-        tables,
-        args.max_sequence_length,
+        table,
         {k: latent_set(val_raw[k], v) for k, v in val_data.items()},
         dit_cfg,
         on_val=lambda step, scores: log(f"\nstep {step}: val velocity MSE {scores}"),
     )
     pipe.transformer = ema
+    pipe.to("cpu")
     record["transformer"] = {
         "config": asdict(dit_cfg),
         "seconds": history.seconds,
@@ -174,6 +184,7 @@ def run_all(args: argparse.Namespace) -> None:
         "seed": args.seed,
     }
     (out / "training.json").write_text(json.dumps(hints, indent=1) + "\n")
+    write_serving_defaults(out, args.max_sequence_length)
     size = folder_bytes(out)
     record["model_bytes"] = size
 

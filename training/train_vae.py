@@ -68,12 +68,15 @@ def vae_loss(
     cfg: VaeConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+    device = x.device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
         posterior = vae.encode(x).latent_dist
     # Sampling and KL in fp32 whatever the autocast: both are tiny and precision-sensitive.
     mean, logvar = posterior.mean.float(), posterior.logvar.float()
-    z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+    # Noise from the CPU generator whatever the device, so a seed means the same draws.
+    noise = torch.randn(mean.shape, generator=generator).to(x.device)
+    z = mean + torch.exp(0.5 * logvar) * noise
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.bf16):
         recon = vae.decode(z).sample.float()
     weight = 1.0 + (cfg.object_weight - 1.0) * coverage.unsqueeze(1)
     l1 = (weight * (recon - x).abs()).sum() / (weight.sum() * x.shape[1])
@@ -93,13 +96,14 @@ def train_vae(
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
+    device = next(vae.parameters()).device
     vae.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc="vae", unit="step", mininterval=2.0)
     for step in bar:
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-        x = to_tensor(images[idx].numpy())
-        loss, l1 = vae_loss(vae, x, coverage[idx], cfg, gen)
+        x = to_tensor(images[idx].numpy()).to(device)
+        loss, l1 = vae_loss(vae, x, coverage[idx].to(device), cfg, gen)
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         opt.step()
@@ -121,8 +125,9 @@ def encode_means(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 256) 
     briefly trained VAE, whose posterior variance is still large and uninformative.
     """
     vae.eval()
+    device = next(vae.parameters()).device
     out = [
-        vae.encode(to_tensor(images[i : i + batch_size])).latent_dist.mean
+        vae.encode(to_tensor(images[i : i + batch_size]).to(device)).latent_dist.mean.cpu()
         for i in tqdm(range(0, len(images), batch_size), desc="encode", unit="batch")
     ]
     return torch.cat(out)
@@ -142,7 +147,9 @@ def set_latent_stats(vae: AutoencoderKL, shift: float, scale: float) -> None:
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKL, images: np.ndarray) -> np.ndarray:
     vae.eval()
-    return to_images(vae.decode(vae.encode(to_tensor(images)).latent_dist.mean).sample)
+    device = next(vae.parameters()).device
+    x = to_tensor(images).to(device)
+    return to_images(vae.decode(vae.encode(x).latent_dist.mean).sample.cpu())
 
 
 def reconstruction_report(vae: AutoencoderKL, data: SceneSet) -> dict[str, float]:
