@@ -1,6 +1,6 @@
 """End-to-end latency of a synchronous request next to the bare pipeline call, in one run.
 
-Starts a private stack (redis-server, the API, one worker on the bundled model), then alternates
+Starts a private stack (redis-server, the API, one worker on a random tiny SD3), then alternates
     A: POST /v1/generate with `Prefer: wait=60` (queue, worker, PNG encode, store, HTTP), and
     B: the same pipeline call made directly in this process,
 and prints the median of each and their ratio: the serving overhead.

@@ -88,7 +88,10 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", choices=["png", "jpeg", "webp"], default=None)
     gen.set_defaults(func=_generate)
 
-    build = sub.add_parser("build-model", help="write the bundled tiny SD3 pipeline to a folder")
+    build = sub.add_parser(
+        "build-model",
+        help="write a random tiny SD3 pipeline to a folder (fast; for tests and benchmarks)",
+    )
     build.add_argument("out", type=Path)
     build.set_defaults(func=_build_model)
     return p

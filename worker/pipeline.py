@@ -6,10 +6,6 @@ thread only; scale out by running more worker processes.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +14,8 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 from PIL.Image import Image
 
-from common.contract import SERVING_DEFAULTS_FILE, GenerateParams, ModelInfo, OutputFormat
+from common.contract import GenerateParams, ModelInfo, OutputFormat, serving_defaults
 from worker.settings import BUNDLED, WorkerSettings
-
-log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, total); may raise to abort the job."""
@@ -41,28 +35,20 @@ def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
     ]
 
 
+# Trained by `python -m training all --out worker/models/sd3-scenes` (docs/training.md).
+BUNDLED_MODEL_DIR = Path(__file__).parent / "models" / "sd3-scenes"
+
+
 def resolve_model(settings: WorkerSettings) -> str:
-    """The path or hub id to load; the bundled model is built on first use."""
+    """The path or hub id to load."""
     if settings.model != BUNDLED:
         return settings.model
-    from worker import tiny_model
-
-    target = settings.model_cache_dir / f"tiny-sd3-{tiny_model.SEED}"
-    if not (target / "model_index.json").is_file():
-        log.info("building the bundled model into %s", target)
-        # Build aside and rename, so workers starting together never load a half-written model.
-        scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        tiny_model.build(scratch)
-        try:
-            scratch.rename(target)
-        except OSError:  # another worker got there first
-            shutil.rmtree(scratch, ignore_errors=True)
-    return str(target)
-
-
-def _serving_defaults(model: str) -> dict[str, Any]:
-    path = Path(model) / SERVING_DEFAULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not (BUNDLED_MODEL_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled model is missing from {BUNDLED_MODEL_DIR}; reinstall sd3-serve or "
+            "set MODEL to a diffusers folder"
+        )
+    return str(BUNDLED_MODEL_DIR)
 
 
 class WarmPipeline:
@@ -78,9 +64,13 @@ class WarmPipeline:
         pipe = StableDiffusion3Pipeline.from_pretrained(model, dtype=self.dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
-        self.info = self._describe(settings, model)
+        defaults = serving_defaults(Path(model))
+        # T5 and the joint attention both see the padding, so a model must be called with the
+        # context length it was trained with.
+        self.max_sequence_length = int(defaults.get("max_sequence_length", 256))
+        self.info = self._describe(settings, defaults)
 
-    def _describe(self, settings: WorkerSettings, model: str) -> ModelInfo:
+    def _describe(self, settings: WorkerSettings, defaults: dict[str, Any]) -> ModelInfo:
         pipe = self.pipe
         config = pipe.transformer.config
         multiple = pipe.vae_scale_factor * config.patch_size
@@ -89,7 +79,6 @@ class WarmPipeline:
         grid = config.pos_embed_max_size or config.sample_size // config.patch_size
         max_side = grid * config.patch_size * pipe.vae_scale_factor
         min_side = max(64, multiple)
-        defaults = _serving_defaults(model)
         encoders = [
             type(enc).__name__
             for enc in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)
@@ -136,6 +125,7 @@ class WarmPipeline:
                 guidance_scale=params.guidance_scale,
                 num_images_per_prompt=params.num_images,
                 generator=generators,
+                max_sequence_length=self.max_sequence_length,
                 callback_on_step_end=callback,
                 output_type="pil",
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -30,12 +29,8 @@ class WorkerSettings(CommonSettings):
         default=BUNDLED,
         description=(
             "A local diffusers folder, a hub id (only where the hub is reachable), or "
-            "'bundled' for the small model built into sd3-serve."
+            "'bundled' for the small scene model trained in-house and shipped in the package."
         ),
-    )
-    model_cache_dir: Path = Field(
-        default=Path.home() / ".cache" / "sd3-serve",
-        description="Where the bundled model is built on first use.",
     )
     torch_device: str = Field(
         default="auto",

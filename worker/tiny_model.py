@@ -1,9 +1,10 @@
-"""Build the small, randomly initialised SD3-architecture pipeline the project ships by default.
+"""Build a tiny, randomly initialised SD3-architecture pipeline for tests and benchmarks.
 
-No model hub is reachable where sd3-serve is developed and tested, so the default model is built
-here from fixed seeds with the very classes a real SD3 checkpoint uses, written with
-`save_pretrained`, and loaded back through `StableDiffusion3Pipeline.from_pretrained` like any
-real checkpoint. Its weights are random: it exercises the whole serving path, not image quality.
+It is built in seconds from fixed seeds with the very classes a real SD3 checkpoint uses,
+written with `save_pretrained` and loaded back through `StableDiffusion3Pipeline.from_pretrained`
+like any real checkpoint, and it admits sizes up to 512×512. Its weights are random: it
+exercises the whole serving path, not image quality. The default model is the trained one in
+`worker/models/sd3-scenes`.
 """
 
 from __future__ import annotations
