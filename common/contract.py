@@ -24,6 +24,8 @@ MAX_SIDE = 4096
 # worker advertises ("default_steps", "default_guidance_scale") and the T5 context length it
 # was trained with ("max_sequence_length"; the pipeline's own default is 256).
 SERVING_DEFAULTS_FILE = "sd3_serve.json"
+# What StableDiffusion3Pipeline pads T5 to when a folder declares no max_sequence_length.
+PIPELINE_MAX_SEQUENCE_LENGTH = 256
 
 
 def serving_defaults(model_dir: Path) -> dict[str, Any]:

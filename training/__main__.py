@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # imported after the environment is set
 
-from common.contract import serving_defaults
+from common.contract import PIPELINE_MAX_SEQUENCE_LENGTH, serving_defaults
 from training import bench, build, evaluate, run, train_transformer, train_vae
 
 
@@ -109,8 +109,17 @@ def run_evaluate(args: argparse.Namespace) -> None:
     pipe = evaluate.load_pipeline(args.model_dir).to(args.device)
     # Call the model as the worker would: with the defaults its folder declares.
     defaults = serving_defaults(args.model_dir)
-    guidance = args.guidance or defaults.get("default_guidance_scale", run.GUIDANCE_SCALE)
-    length = args.max_sequence_length or defaults.get("max_sequence_length", 256)
+    # `is None`, not `or`: guidance 0 is a legitimate request.
+    guidance = (
+        defaults.get("default_guidance_scale", run.GUIDANCE_SCALE)
+        if args.guidance is None
+        else args.guidance
+    )
+    length = (
+        defaults.get("max_sequence_length", PIPELINE_MAX_SEQUENCE_LENGTH)
+        if args.max_sequence_length is None
+        else args.max_sequence_length
+    )
     samples = evaluate.run_evaluation(
         pipe,
         step_counts=args.steps,

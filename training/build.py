@@ -39,9 +39,9 @@ from training import scenes, text
 
 # T5 context length the model is trained for. Inference must use the same length, since T5
 # (bidirectional, no attention mask in the pipeline) and the joint attention both see the
-# padding; the pipeline's own default is 256, so training.json records this value and the
-# worker passes it. Captions take at most ~20 T5 tokens, and the text tokens (77 CLIP + T5)
-# dominate the transformer's cost: at 256 a training step is ~3× slower than at 32.
+# padding; the pipeline's own default is 256, so the model folder's sd3_serve.json records
+# this value and the worker passes it. Captions take at most ~20 T5 tokens, and the text
+# tokens (77 CLIP + T5) dominate the transformer's cost: at 256 a step is ~3× slower than at 32.
 MAX_SEQUENCE_LENGTH = 32
 # Requests up to this size must run (quality aside), so the positional grid must cover it.
 MAX_PIXELS = 256
@@ -70,8 +70,7 @@ class Dims:
     def sized(cls, patch_size: int, layers: int, heads: int) -> Dims:
         """Default dims with another transformer shape; the positional grid still admits
         256×256 images."""
-        base = cls(patch_size=patch_size, layers=layers, heads=heads)
-        grid = -(-MAX_PIXELS // (patch_size * base.vae_scale_factor))
+        grid = -(-MAX_PIXELS // (patch_size * cls().vae_scale_factor))
         return cls(patch_size=patch_size, layers=layers, heads=heads, pos_embed_max_size=grid)
 
     @property

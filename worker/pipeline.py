@@ -14,7 +14,13 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 from PIL.Image import Image
 
-from common.contract import GenerateParams, ModelInfo, OutputFormat, serving_defaults
+from common.contract import (
+    PIPELINE_MAX_SEQUENCE_LENGTH,
+    GenerateParams,
+    ModelInfo,
+    OutputFormat,
+    serving_defaults,
+)
 from worker.settings import BUNDLED, WorkerSettings
 
 StepCallback = Callable[[int, int], None]
@@ -67,7 +73,9 @@ class WarmPipeline:
         defaults = serving_defaults(Path(model))
         # T5 and the joint attention both see the padding, so a model must be called with the
         # context length it was trained with.
-        self.max_sequence_length = int(defaults.get("max_sequence_length", 256))
+        self.max_sequence_length = int(
+            defaults.get("max_sequence_length", PIPELINE_MAX_SEQUENCE_LENGTH)
+        )
         self.info = self._describe(settings, defaults)
 
     def _describe(self, settings: WorkerSettings, defaults: dict[str, Any]) -> ModelInfo:
