@@ -140,6 +140,9 @@ def run_dev(host: str, port: int, workers: int) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Explicitly, not Python's default: a shell that starts us in the background (`cmd &` in
+    # a script) hands SIGINT down ignored, and Python keeps it so; Ctrl-C must still stop us.
+    signal.signal(signal.SIGINT, on_signal)
     tmp = Path(tempfile.mkdtemp(prefix="sd3serve-dev-"))
     try:
         if "REDIS_URL" not in env:

@@ -169,6 +169,8 @@ def test_dev_runs_the_whole_stack_and_stops_cleanly(model_dir: Path, tmp_path: P
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        # As `sd3-serve dev &` in a script starts it: with SIGINT ignored. It must still stop.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert dev.stdout is not None
