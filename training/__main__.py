@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--vae-batch", type=int, default=train_vae.VaeConfig.batch_size)
     al.add_argument("--vae-lr", type=float, default=train_vae.VaeConfig.lr)
     al.add_argument(
+        "--vae-recolour",
+        type=float,
+        default=train_vae.VaeConfig.recolour,
+        help="fraction of VAE training images drawn with a random object colour",
+    )
+    al.add_argument(
         "--vae-precision",
         choices=["auto", "bf16", "fp32"],
         default="auto",
@@ -72,6 +78,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--dit-lr", type=float, default=train_transformer.DitConfig.lr)
     al.add_argument("--timesteps", choices=["logit-normal", "uniform"], default="logit-normal")
     al.add_argument("--shift", type=float, default=1.0, help="timestep shift (scheduler too)")
+    al.add_argument(
+        "--colourless",
+        type=float,
+        default=run.COLOURLESS_FRACTION,
+        help="extra transformer training scenes, as a fraction of --scenes: objects in random "
+        "colours, captions without the colour",
+    )
     al.add_argument("--cfg-drop", type=float, default=train_transformer.DitConfig.cfg_drop)
     al.add_argument("--ema-decay", type=float, default=train_transformer.DitConfig.ema_decay)
     al.add_argument(

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import StableDiffusion3Pipeline
 
@@ -20,6 +21,8 @@ from training import build, evaluate, plot, scenes, train_transformer, train_vae
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
 DEFAULT_STEPS = 28  # SD3's default, and the step count the evaluation targets
+# Extra transformer scenes in random colours with colourless captions, per training scene.
+COLOURLESS_FRACTION = 0.0
 GUIDANCE_SCALE = 5.0  # for the sample sheet, the default evaluation and training.json; untuned
 
 
@@ -49,7 +52,12 @@ def vae_stage(
     auto_bf16 = args.device != "cpu" or cpu_has_amx_bf16()
     bf16 = args.vae_precision == "bf16" or (args.vae_precision == "auto" and auto_bf16)
     cfg = train_vae.VaeConfig(
-        steps=args.vae_steps, batch_size=args.vae_batch, lr=args.vae_lr, bf16=bf16, seed=args.seed
+        steps=args.vae_steps,
+        batch_size=args.vae_batch,
+        lr=args.vae_lr,
+        recolour=args.vae_recolour,
+        bf16=bf16,
+        seed=args.seed,
     )
     t0 = time.perf_counter()
     losses = train_vae.train_vae(pipe.vae, data, cfg)
@@ -59,6 +67,24 @@ def vae_stage(
         "VAE reconstruction loss (object pixels x20), moving average of 25 steps",
     )
     return {"config": asdict(cfg), "final_l1": losses[-1], "seconds": time.perf_counter() - t0}
+
+
+def colourless_set(data: scenes.SceneSet, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """The first ``n`` training scenes again, objects redrawn in random colours (never a
+    held-out pair's, see train_vae.Recolourer) and captions that leave the colour out.
+
+    They teach the transformer what a shape word means whatever the colour, where the
+    palette-coloured set alone ties each shape to five colours.
+    """
+    gen = torch.Generator().manual_seed(seed + 3000)
+    images = train_vae.Recolourer(data)(
+        torch.from_numpy(data.images[:n]),
+        torch.from_numpy(data.coverage[:n]),
+        torch.arange(n),
+        1.0,
+        gen,
+    )
+    return images.numpy(), [scenes.colourless_caption(s) for s in data.scenes[:n]]
 
 
 def caption_table(
@@ -131,17 +157,21 @@ def run_all(args: argparse.Namespace) -> None:
     pipe.vae.to("cpu").save_pretrained(work / "vae")
     pipe.vae.to(device)
     val_raw = {k: train_vae.encode_means(pipe.vae, v.images) for k, v in val_data.items()}
+    n_extra = int(args.colourless * len(data.scenes))
+    extra_images, extra_captions = colourless_set(data, n_extra, args.seed)
+    extra_raw = train_vae.encode_means(pipe.vae, extra_images) if n_extra else raw[:0]
     all_captions = [c for d in (data, *val_data.values()) for c in d.captions()]
-    rows, table = caption_table(pipe, all_captions, args.max_sequence_length)
+    rows, table = caption_table(pipe, all_captions + extra_captions, args.max_sequence_length)
     record["latents"] = {
         "shift_factor": shift,
         "scaling_factor": scale,
         "distinct_captions": len(rows),
+        "colourless_scenes": len(extra_captions),
         "seconds": time.perf_counter() - t0,
     }
 
-    def latent_set(latents: torch.Tensor, d: scenes.SceneSet) -> train_transformer.LatentSet:
-        ids = torch.tensor([rows[c] for c in d.captions()], dtype=torch.int64)
+    def latent_set(latents: torch.Tensor, captions: list[str]) -> train_transformer.LatentSet:
+        ids = torch.tensor([rows[c] for c in captions], dtype=torch.int64)
         return train_transformer.LatentSet((latents - shift) * scale, ids)
 
     dit_cfg = train_transformer.DitConfig(
@@ -157,9 +187,9 @@ def run_all(args: argparse.Namespace) -> None:
     )
     ema, history = train_transformer.train_transformer(
         pipe.transformer,
-        latent_set(raw, data),
+        latent_set(torch.cat([raw, extra_raw]), data.captions() + extra_captions),
         table,
-        {k: latent_set(val_raw[k], v) for k, v in val_data.items()},
+        {k: latent_set(val_raw[k], v.captions()) for k, v in val_data.items()},
         dit_cfg,
         on_val=lambda step, scores: log(f"\nstep {step}: val velocity MSE {scores}"),
     )

@@ -112,6 +112,10 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a {size} {colour} {shape} placed in the {position}, {background} background",
 )
 
+# For training images whose object was redrawn in a colour outside the palette: the caption
+# leaves the colour out rather than name it wrongly.
+COLOURLESS_TEMPLATE = "a {size} {shape} in the {position} on a {background} background"
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -141,6 +145,15 @@ def caption(scene: Scene, template: int = 0) -> str:
     return CAPTION_TEMPLATES[template].format(
         size=scene.size.value,
         colour=scene.colour.value,
+        shape=scene.shape.value,
+        position=scene.position.value,
+        background=scene.background.value,
+    )
+
+
+def colourless_caption(scene: Scene) -> str:
+    return COLOURLESS_TEMPLATE.format(
+        size=scene.size.value,
         shape=scene.shape.value,
         position=scene.position.value,
         background=scene.background.value,

@@ -3,6 +3,14 @@
 Loss: L1 reconstruction with object pixels weighted ×20 (by their rendered coverage) plus a
 small KL term. With plain L1 the prototype's VAE learned the backgrounds (most pixels) and
 washed out object colours; weighting the object fixed that.
+
+Recolouring (optional, ``recolour``): part of each batch shows its object in a random colour
+instead of the palette's. Trained on the six palette colours alone, the decoder ties shapes to
+colours: it draws small purple triangles (a held-out pair) with a rounded apex, which the
+analyser reads as a circle. Random colours are meant to make the edges it learns colour-blind.
+No recoloured image is ever nearer to the colour of a held-out pair than to an allowed palette
+colour, so the held-out pairs stay out of training. ``Recolourer`` also draws the
+transformer's colourless scenes (``run.colourless_set``).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from diffusers import AutoencoderKL
 from tqdm import tqdm
 
 from training.analyser import analyse
-from training.scenes import SceneSet
+from training.scenes import BACKGROUNDS, HELD_OUT, PALETTE, SceneSet, Shape
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,10 @@ class VaeConfig:
     lr: float = 1e-3
     warmup: int = 100
     object_weight: float = 20.0
+    # Fraction of each batch whose object is redrawn in a random colour (see the docstring).
+    # Off by default: at 0.5 and this step budget the VAE drew every shape worse (analyser
+    # shape accuracy on reconstructions 84 / 75 % seen / held-out, against 100 / 89 %).
+    recolour: float = 0.0
     # Per latent element, relative to the per-pixel L1: enough to keep the posterior a proper
     # distribution with a sane scale, far too little to blur the reconstructions.
     kl_weight: float = 1e-4
@@ -47,6 +59,67 @@ def to_images(x: torch.Tensor) -> np.ndarray:
     """Inverse of ``to_tensor``, with the pipeline's clamping and rounding."""
     x = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round()
     return x.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+
+
+# A random colour must stand out from the background by at least this much (RGB units), as
+# every palette colour does, so that the object is there to learn from.
+MIN_RECOLOUR_CONTRAST = 60.0
+# A random colour must be this much nearer (RGB units) to some allowed palette colour than to
+# the colour of a held-out pair with the image's shape: rounding to 8 bits and the analyser's
+# median must not tip it over the boundary.
+HELD_OUT_MARGIN = 30.0
+
+
+class Recolourer:
+    """Redraws the object of chosen images in random colours, from their rendered coverage.
+
+    Colours are drawn uniformly in RGB and rejected (the image then keeps its palette colour)
+    when too close to the background or when their nearest palette colour would make the
+    image a held-out (shape, colour) pair.
+    """
+
+    def __init__(self, data: SceneSet) -> None:
+        self.background = torch.tensor(
+            [BACKGROUNDS[s.background] for s in data.scenes], dtype=torch.float32
+        )
+        shapes = list(Shape)
+        self.shape = torch.tensor([shapes.index(s.shape) for s in data.scenes])
+        colours = list(PALETTE)
+        self.palette = torch.tensor([PALETTE[c] for c in colours], dtype=torch.float32)
+        # forbidden[shape, colour]: that pair is held out.
+        self.forbidden = torch.tensor(
+            [[(shape, c) in HELD_OUT for c in colours] for shape in shapes]
+        )
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        coverage: torch.Tensor,
+        idx: torch.Tensor,
+        fraction: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """uint8 (B, H, W, 3) images of rows ``idx``; returns them with some recoloured."""
+        n = len(idx)
+        chosen = torch.rand(n, generator=generator) < fraction
+        rgb = torch.rand(n, 3, generator=generator) * 255.0
+        bg = self.background[idx]
+        dist = torch.cdist(rgb, self.palette)
+        forbidden = self.forbidden[self.shape[idx]]
+        to_allowed = dist.masked_fill(forbidden, float("inf")).min(dim=1).values
+        to_forbidden = dist.masked_fill(~forbidden, float("inf")).min(dim=1).values
+        ok = (
+            chosen
+            & ((rgb - bg).norm(dim=1) >= MIN_RECOLOUR_CONTRAST)
+            & (to_forbidden - to_allowed >= HELD_OUT_MARGIN)
+        )
+        if not bool(ok.any()):
+            return images
+        alpha = coverage[ok].unsqueeze(-1)
+        drawn = bg[ok, None, None, :] * (1.0 - alpha) + rgb[ok, None, None, :] * alpha
+        out = images.clone()
+        out[ok] = drawn.round().to(torch.uint8)
+        return out
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -97,12 +170,16 @@ def train_vae(
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
     device = next(vae.parameters()).device
+    recolour = Recolourer(data)
     vae.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc="vae", unit="step", mininterval=2.0)
     for step in bar:
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
-        x = to_tensor(images[idx].numpy()).to(device)
+        batch = images[idx]
+        if cfg.recolour > 0:
+            batch = recolour(batch, coverage[idx], idx, cfg.recolour, gen)
+        x = to_tensor(batch.numpy()).to(device)
         loss, l1 = vae_loss(vae, x, coverage[idx].to(device), cfg, gen)
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
