@@ -47,7 +47,9 @@ def vae_stage(
     """Train the VAE (or reload it with ``--reuse-vae``); returns the log record."""
     vae_dir = work / "vae"
     if args.reuse_vae and vae_dir.exists():
-        pipe.vae = type(pipe.vae).from_pretrained(vae_dir).to(args.device)
+        # Weights only, into the VAE just built: a from_pretrained model would carry its
+        # folder's path into the shipped config. The latent statistics are measured again.
+        pipe.vae.load_state_dict(type(pipe.vae).from_pretrained(vae_dir).state_dict())
         return {"reused": str(vae_dir)}
     auto_bf16 = args.device != "cpu" or cpu_has_amx_bf16()
     bf16 = args.vae_precision == "bf16" or (args.vae_precision == "auto" and auto_bf16)
