@@ -23,7 +23,8 @@ SEEN = [
     Scene(Shape.CIRCLE, Colour.GREEN, Size.LARGE, Position.TOP_RIGHT, Background.GRAY),
 ]
 # Two of the three held-out pairs. The third, the green square, is the model's known failure:
-# it comes out rounded and reads as a circle (2 of 20 right at 28 steps; docs/training.md).
+# it mostly comes out rounded and reads as a circle (8 of 20 right at 28 steps;
+# docs/training.md).
 HELD = [
     Scene(Shape.TRIANGLE, Colour.PURPLE, Size.LARGE, Position.CENTER, Background.WHITE),
     Scene(Shape.CIRCLE, Colour.YELLOW, Size.LARGE, Position.BOTTOM_LEFT, Background.BLACK),
