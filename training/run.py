@@ -75,8 +75,9 @@ def colourless_set(data: scenes.SceneSet, n: int, seed: int) -> tuple[np.ndarray
     """The first ``n`` training scenes again, objects redrawn in random colours (never a
     held-out pair's, see train_vae.Recolourer) and captions that leave the colour out.
 
-    They teach the transformer what a shape word means whatever the colour, where the
-    palette-coloured set alone ties each shape to five colours.
+    Meant to show the transformer what a shape word means whatever the colour, where the
+    palette-coloured set ties each shape to five colours. At 0.25 of the set they did not
+    help held-out shapes (docs/training.md), hence the default of none.
     """
     gen = torch.Generator().manual_seed(seed + 3000)
     images = train_vae.Recolourer(data)(
