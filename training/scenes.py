@@ -140,9 +140,9 @@ class Scene:
         return replace(self, dx=0.0, dy=0.0, scale=1.0)
 
 
-def caption(scene: Scene, template: int = 0) -> str:
-    """Caption of a scene; ``template=0`` gives the canonical form."""
-    return CAPTION_TEMPLATES[template].format(
+def _fill(template: str, scene: Scene) -> str:
+    """A template filled with the scene's attribute words (templates may leave some out)."""
+    return template.format(
         size=scene.size.value,
         colour=scene.colour.value,
         shape=scene.shape.value,
@@ -151,13 +151,13 @@ def caption(scene: Scene, template: int = 0) -> str:
     )
 
 
+def caption(scene: Scene, template: int = 0) -> str:
+    """Caption of a scene; ``template=0`` gives the canonical form."""
+    return _fill(CAPTION_TEMPLATES[template], scene)
+
+
 def colourless_caption(scene: Scene) -> str:
-    return COLOURLESS_TEMPLATE.format(
-        size=scene.size.value,
-        shape=scene.shape.value,
-        position=scene.position.value,
-        background=scene.background.value,
-    )
+    return _fill(COLOURLESS_TEMPLATE, scene)
 
 
 def all_scenes() -> Iterator[Scene]:
