@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from training.analyser import analyse
+from training.run import colourless_set
 from training.scenes import (
     HELD_OUT,
     Background,
@@ -20,20 +21,11 @@ from training.scenes import (
 from training.train_vae import Recolourer
 
 
-def recolour_all(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[Scene]]:
-    data = make_scene_set(n, seed=seed)
-    out = Recolourer(data)(
-        torch.from_numpy(data.images),
-        torch.from_numpy(data.coverage),
-        torch.arange(n),
-        1.0,
-        torch.Generator().manual_seed(seed),
-    )
-    return data.images, out.numpy(), data.scenes
-
-
 def test_recoloured_objects_keep_their_geometry_and_avoid_held_out_pairs() -> None:
-    before, after, scenes = recolour_all(600, seed=3)
+    data = make_scene_set(600, seed=3)
+    # Every scene offered for recolouring, as the transformer's colourless scenes are.
+    after, _ = colourless_set(data, len(data.scenes), seed=3)
+    before, scenes = data.images, data.scenes
     changed = [i for i in range(len(scenes)) if not np.array_equal(before[i], after[i])]
     # Most draws are accepted; the rest (too little contrast, too near a held-out colour)
     # keep their palette colour.
