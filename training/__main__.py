@@ -1,5 +1,6 @@
 """Command line: ``python -m training all --out DIR --seed 0``,
-``python -m training evaluate MODEL_DIR --report REPORT_DIR`` and
+``python -m training evaluate MODEL_DIR --report REPORT_DIR``,
+``python -m training probe MODEL_DIR`` and
 ``python -m training compare NAME=REPORT_DIR/evaluation.json ...``.
 
 ``all`` builds the untrained components, trains the VAE, measures its latent statistics,
@@ -21,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # imported after the environment is set
 
 from common.contract import PIPELINE_MAX_SEQUENCE_LENGTH, serving_defaults
-from training import bench, build, evaluate, run, train_transformer, train_vae
+from training import bench, build, evaluate, probe, run, train_transformer, train_vae
 
 
 def setup_torch(threads: int, device: str = "cpu") -> None:
@@ -53,6 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--heads", type=int, default=build.Dims.heads)
     al.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     al.add_argument("--scenes", type=int, default=16384, help="training scenes (and latents)")
+    al.add_argument(
+        "--vae-channels",
+        type=lambda v: tuple(int(c) for c in v.split(",")),
+        default=build.Dims.vae_channels,
+        help="VAE block widths, comma-separated; each block after the first halves the side "
+        "(default 32,64,64: scale factor 4)",
+    )
     al.add_argument("--vae-steps", type=int, default=train_vae.VaeConfig.steps)
     al.add_argument("--vae-batch", type=int, default=train_vae.VaeConfig.batch_size)
     al.add_argument("--vae-lr", type=float, default=train_vae.VaeConfig.lr)
@@ -86,6 +94,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "colours, captions without the colour",
     )
     al.add_argument("--cfg-drop", type=float, default=train_transformer.DitConfig.cfg_drop)
+    al.add_argument(
+        "--encoder-drop",
+        type=float,
+        default=train_transformer.DitConfig.encoder_drop,
+        help="probability of dropping each text encoder independently, as SD3 (0.463)",
+    )
+    al.add_argument(
+        "--zero-pooled",
+        action="store_true",
+        help="experiment: zero the CLIP projections, so adaLN gets no caption (see docs)",
+    )
     al.add_argument("--ema-decay", type=float, default=train_transformer.DitConfig.ema_decay)
     al.add_argument(
         "--max-sequence-length",
@@ -105,6 +124,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev.add_argument("--report", type=Path, help="folder for contact sheets and a JSON report")
     ev.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ev.add_argument("--device", default="cpu")
+    pr = sub.add_parser(
+        "probe", help="which part of the text conditioning decides the shape (swap test)"
+    )
+    pr.add_argument("model_dir", type=Path)
+    pr.add_argument("--steps", type=int, default=run.DEFAULT_STEPS)
+    pr.add_argument("--seeds", type=int, nargs="+", default=list(evaluate.SEEDS))
+    pr.add_argument("--guidance", type=float, help="default: the model's, else 5.0")
+    pr.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     cp = sub.add_parser("compare", help="evaluation reports side by side")
     cp.add_argument(
         "reports", nargs="+", metavar="NAME=REPORT", help="evaluation.json of each model"
@@ -117,33 +144,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def call_settings(model_dir: Path, guidance: float | None, length: int | None) -> tuple[float, int]:
+    """Guidance and T5 length as given, else as the worker would call the model: with the
+    defaults its folder declares."""
+    defaults = serving_defaults(model_dir)
+    # `is None`, not `or`: guidance 0 is a legitimate request.
+    if guidance is None:
+        guidance = defaults.get("default_guidance_scale", run.GUIDANCE_SCALE)
+    if length is None:
+        length = defaults.get("max_sequence_length", PIPELINE_MAX_SEQUENCE_LENGTH)
+    return float(guidance), int(length)
+
+
 def run_evaluate(args: argparse.Namespace) -> None:
     setup_torch(args.threads, args.device)
     pipe = evaluate.load_pipeline(args.model_dir).to(args.device)
-    # Call the model as the worker would: with the defaults its folder declares.
-    defaults = serving_defaults(args.model_dir)
-    # `is None`, not `or`: guidance 0 is a legitimate request.
-    guidance = (
-        defaults.get("default_guidance_scale", run.GUIDANCE_SCALE)
-        if args.guidance is None
-        else args.guidance
-    )
-    length = (
-        defaults.get("max_sequence_length", PIPELINE_MAX_SEQUENCE_LENGTH)
-        if args.max_sequence_length is None
-        else args.max_sequence_length
-    )
+    guidance, length = call_settings(args.model_dir, args.guidance, args.max_sequence_length)
     samples = evaluate.run_evaluation(
         pipe,
         step_counts=args.steps,
         seeds=args.seeds,
-        guidance_scale=float(guidance),
-        max_sequence_length=int(length),
+        guidance_scale=guidance,
+        max_sequence_length=length,
         limit=args.limit,
         sheet_dir=args.report,
     )
     trained = json.loads((args.model_dir / "training.json").read_text())
-    losses = evaluate.validation_loss(pipe, int(trained["seed"]), int(length))
+    losses = evaluate.validation_loss(pipe, int(trained["seed"]), length)
     if args.report is not None:
         evaluate.write_report(samples, losses, args.report / "evaluation.json")
     print(evaluate.format_table(evaluate.summarise(samples)))
@@ -172,6 +199,17 @@ def main(argv: list[str] | None = None) -> None:
         run.run_all(args)
     elif args.command == "evaluate":
         run_evaluate(args)
+    elif args.command == "probe":
+        setup_torch(args.threads)
+        guidance, length = call_settings(args.model_dir, args.guidance, None)
+        swaps = probe.conditioning_swap(
+            evaluate.load_pipeline(args.model_dir),
+            steps=args.steps,
+            seeds=args.seeds,
+            guidance_scale=guidance,
+            max_sequence_length=length,
+        )
+        print(probe.format_swaps(swaps))
     elif args.command == "compare":
         run_compare(args)
     else:

@@ -67,11 +67,24 @@ class Dims:
     pos_embed_max_size: int = 32
 
     @classmethod
-    def sized(cls, patch_size: int, layers: int, heads: int) -> Dims:
-        """Default dims with another transformer shape; the positional grid still admits
-        256×256 images."""
-        grid = -(-MAX_PIXELS // (patch_size * cls().vae_scale_factor))
-        return cls(patch_size=patch_size, layers=layers, heads=heads, pos_embed_max_size=grid)
+    def sized(
+        cls,
+        patch_size: int,
+        layers: int,
+        heads: int,
+        vae_channels: tuple[int, ...] | None = None,
+    ) -> Dims:
+        """Default dims with another transformer shape or VAE depth; the positional grid
+        still admits 256×256 images."""
+        channels = vae_channels or cls.vae_channels
+        grid = -(-MAX_PIXELS // (patch_size * 2 ** (len(channels) - 1)))
+        return cls(
+            patch_size=patch_size,
+            layers=layers,
+            heads=heads,
+            vae_channels=channels,
+            pos_embed_max_size=grid,
+        )
 
     @property
     def vae_scale_factor(self) -> int:
@@ -224,6 +237,15 @@ def build_pipeline(
         text_encoder_3=make_t5(tok3, dims, seed + 5),
         tokenizer_3=tok3,
     )
+
+
+@torch.no_grad()
+def zero_pooled_(pipe: StableDiffusion3Pipeline) -> None:
+    """An experiment, not the recipe: zero both CLIP projections, so the pooled vector (the
+    adaLN input) is 0 for every prompt and the caption reaches the transformer only through
+    the joint attention's tokens. Inference computes the same zeros from the saved weights."""
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        torch.nn.init.zeros_(encoder.text_projection.weight)
 
 
 @torch.no_grad()

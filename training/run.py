@@ -17,7 +17,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from common.contract import SERVING_DEFAULTS_FILE
-from training import build, evaluate, plot, scenes, train_transformer, train_vae
+from training import build, evaluate, plot, scenes, text, train_transformer, train_vae
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
 DEFAULT_STEPS = 28  # SD3's default, and the step count the evaluation targets
@@ -90,15 +90,29 @@ def colourless_set(data: scenes.SceneSet, n: int, seed: int) -> tuple[np.ndarray
     return images.numpy(), [scenes.colourless_caption(s) for s in data.scenes[:n]]
 
 
+def encoder_parts(dims: build.Dims) -> tuple[train_transformer.EncoderPart, ...]:
+    """CLIP-L, CLIP-G and T5 in ``encode_prompt``'s layout: the two CLIPs side by side in
+    the channels of the first 77 tokens (and of the pooled vector), T5 in the tokens after."""
+    part = train_transformer.EncoderPart
+    clip = slice(0, text.CLIP_MAX_LENGTH)
+    (hl, hg), (pl, pg) = dims.clip_hidden, dims.clip_projection
+    return (
+        part(clip, slice(0, hl), slice(0, pl)),
+        part(clip, slice(hl, hl + hg), slice(pl, pl + pg)),
+        part(slice(text.CLIP_MAX_LENGTH, None), slice(None), slice(0, 0)),
+    )
+
+
 def caption_table(
-    pipe: StableDiffusion3Pipeline, captions: list[str], length: int
+    pipe: StableDiffusion3Pipeline, captions: list[str], length: int, dims: build.Dims
 ) -> tuple[dict[str, int], train_transformer.TextTable]:
     """Row of each distinct caption, and the embeddings at T5 length ``length`` (+ the empty
     prompt, used for CFG dropout, as the last row)."""
     distinct = sorted(set(captions))
     rows = {c: i for i, c in enumerate(distinct)}
     embeds, pooled = build.encode_captions(pipe, [*distinct, ""], length)
-    return rows, train_transformer.TextTable(embeds, pooled, null=len(distinct))
+    table = train_transformer.TextTable(embeds, pooled, len(distinct), encoder_parts(dims))
+    return rows, table
 
 
 def sample_sheet(pipe: StableDiffusion3Pipeline, max_sequence_length: int, path: Path) -> None:
@@ -136,8 +150,10 @@ def run_all(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     record: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
 
-    dims = build.Dims.sized(args.patch_size, args.layers, args.heads)
+    dims = build.Dims.sized(args.patch_size, args.layers, args.heads, args.vae_channels)
     pipe = build.build_pipeline(args.seed, dims, shift=args.shift)
+    if args.zero_pooled:
+        build.zero_pooled_(pipe)
     # Only the two trained models move to the device; the frozen text encoders run once,
     # on the CPU, to fill the caption tables.
     device = torch.device(args.device)
@@ -164,7 +180,7 @@ def run_all(args: argparse.Namespace) -> None:
     extra_images, extra_captions = colourless_set(data, n_extra, args.seed)
     extra_raw = train_vae.encode_means(pipe.vae, extra_images) if n_extra else raw[:0]
     all_captions = [c for d in (data, *val_data.values()) for c in d.captions()]
-    rows, table = caption_table(pipe, all_captions + extra_captions, args.max_sequence_length)
+    rows, table = caption_table(pipe, all_captions + extra_captions, args.max_sequence_length, dims)
     record["latents"] = {
         "shift_factor": shift,
         "scaling_factor": scale,
@@ -183,6 +199,7 @@ def run_all(args: argparse.Namespace) -> None:
         lr=args.dit_lr,
         ema_decay=args.ema_decay,
         cfg_drop=args.cfg_drop,
+        encoder_drop=args.encoder_drop,
         timesteps=args.timesteps,
         shift=args.shift,
         val_every=args.val_every,

@@ -52,6 +52,19 @@ def test_dimension_rules() -> None:
         build.Dims(pos_embed_max_size=16).check()
 
 
+@pytest.mark.parametrize(
+    ("patch", "channels", "factor", "grid"),
+    [(2, None, 4, 32), (1, None, 4, 64), (1, (32, 64, 64, 64), 8, 32), (2, (32, 64), 2, 64)],
+)
+def test_sized_dims_still_admit_256_pixels(
+    patch: int, channels: tuple[int, ...] | None, factor: int, grid: int
+) -> None:
+    dims = build.Dims.sized(patch, layers=6, heads=6, vae_channels=channels)
+    dims.check()
+    assert (dims.vae_scale_factor, dims.pos_embed_max_size) == (factor, grid)
+    assert dims.latent_size == 64 // factor
+
+
 def test_saved_pipeline_loads_and_generates(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     pipe = build.build_pipeline(seed=0)

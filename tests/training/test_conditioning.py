@@ -1,0 +1,114 @@
+"""The text conditioning as training and the swap probe cut it up: per-encoder dropout must
+replace exactly one encoder's share with the empty prompt's, and the probe's swaps exactly
+the part they name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from training import build, probe, run, train_transformer
+from training.evaluate import evaluation_scenes
+from training.scenes import HELD_OUT
+from worker.pipeline import BUNDLED_MODEL_DIR
+
+CAPTION = "a small red circle in the center on a white background"
+
+
+@pytest.fixture(scope="module")
+def pipe_and_table() -> tuple[object, train_transformer.TextTable]:
+    pipe = build.build_pipeline(seed=0)
+    _, table = run.caption_table(pipe, [CAPTION], 32, build.Dims())
+    return pipe, table
+
+
+def test_encoder_parts_match_the_pipelines_own_encoders(
+    pipe_and_table: tuple[object, train_transformer.TextTable],
+) -> None:
+    pipe, table = pipe_and_table
+    embeds, pooled = table.embeds[0], table.pooled[0]
+    clip_l, clip_g, t5 = table.parts
+    for part, index in ((clip_l, 0), (clip_g, 1)):
+        tokens, pooled_one = pipe._get_clip_prompt_embeds(  # type: ignore[attr-defined]
+            prompt=CAPTION, device="cpu", clip_skip=None, clip_model_index=index
+        )
+        torch.testing.assert_close(embeds[part.tokens, part.channels], tokens[0])
+        torch.testing.assert_close(pooled[part.pooled], pooled_one[0])
+    t5_tokens = pipe._get_t5_prompt_embeds(  # type: ignore[attr-defined]
+        prompt=CAPTION, max_sequence_length=32, device="cpu"
+    )
+    torch.testing.assert_close(embeds[t5.tokens, t5.channels], t5_tokens[0])
+
+
+def test_dropping_every_encoder_is_the_empty_prompt_and_none_changes_nothing(
+    pipe_and_table: tuple[object, train_transformer.TextTable],
+) -> None:
+    _, table = pipe_and_table
+    embeds, pooled = table.embeds[[0, 0]], table.pooled[[0, 0]]
+    gen = torch.Generator().manual_seed(0)
+    all_e, all_p = train_transformer.drop_encoders(embeds, pooled, table, 1.0, gen)
+    assert torch.equal(all_e, table.embeds[[table.null] * 2])
+    assert torch.equal(all_p, table.pooled[[table.null] * 2])
+    none_e, none_p = train_transformer.drop_encoders(embeds, pooled, table, 0.0, gen)
+    assert torch.equal(none_e, embeds) and torch.equal(none_p, pooled)
+
+
+def test_one_dropped_encoder_leaves_the_others(
+    pipe_and_table: tuple[object, train_transformer.TextTable],
+) -> None:
+    _, table = pipe_and_table
+    clip_l, _, t5 = table.parts
+    only_t5 = train_transformer.TextTable(table.embeds, table.pooled, table.null, (t5,))
+    gen = torch.Generator().manual_seed(0)
+    e, p = train_transformer.drop_encoders(table.embeds[[0]], table.pooled[[0]], only_t5, 1.0, gen)
+    assert torch.equal(e[0, t5.tokens], table.embeds[table.null, t5.tokens])
+    assert torch.equal(e[0, clip_l.tokens], table.embeds[0, clip_l.tokens])
+    assert torch.equal(p[0], table.pooled[0])  # T5 has no pooled output
+
+
+def test_swaps_take_exactly_the_named_part() -> None:
+    own_e, own_p = torch.zeros(2, 109, 96), torch.zeros(2, 96)
+    alt_e, alt_p = torch.ones(2, 109, 96), torch.ones(2, 96)
+    expected = {  # (CLIP tokens, T5 tokens, pooled) taken from the other caption
+        "nothing": (0, 0, 0),
+        "pooled": (0, 0, 1),
+        "CLIP tokens": (1, 0, 0),
+        "T5 tokens": (0, 1, 0),
+        "everything": (1, 1, 1),
+    }
+    assert set(expected) == set(probe.PARTS)
+    for part, (clip, t5, pooled) in expected.items():
+        e, p = probe.swap(own_e, own_p, alt_e, alt_p, part)
+        assert torch.all(e[:, :77] == clip) and torch.all(e[:, 77:] == t5), part
+        assert torch.all(p == pooled), part
+    with pytest.raises(ValueError, match="unknown part"):
+        probe.swap(own_e, own_p, alt_e, alt_p, "pooled vector")
+
+
+def test_the_other_caption_differs_only_in_a_seen_shape() -> None:
+    for scene in evaluation_scenes()["seen"]:
+        other = probe.other_shape(scene)
+        assert other.shape != scene.shape and (other.shape, other.colour) not in HELD_OUT
+        assert (other.colour, other.size, other.position, other.background) == (
+            scene.colour,
+            scene.size,
+            scene.position,
+            scene.background,
+        )
+
+
+def test_the_probe_command_runs_on_the_bundled_model() -> None:
+    argv = [sys.executable, "-m", "training", "probe", str(BUNDLED_MODEL_DIR)]
+    argv += ["--steps", "2", "--seeds", "0", "--threads", "1"]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = done.stdout.strip().splitlines()[1:]
+    assert [r[:30].strip() for r in rows] == list(probe.PARTS)
+    for row in rows:
+        own, other = (int(cell.split("/")[0]) for cell in row[30:].split())
+        assert own + other <= 30
