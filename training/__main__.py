@@ -202,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "probe":
         setup_torch(args.threads)
         guidance, length = call_settings(args.model_dir, args.guidance, None)
+        pipe = evaluate.load_pipeline(args.model_dir)
+        print(probe.format_mixing(probe.caption_mixing(pipe, length)), end="\n\n")
         swaps = probe.conditioning_swap(
-            evaluate.load_pipeline(args.model_dir),
+            pipe,
             steps=args.steps,
             seeds=args.seeds,
             guidance_scale=guidance,

@@ -1,5 +1,9 @@
 """Which part of the text conditioning decides the shape a model draws?
 
+First, how the frozen text encoders mix the two words: over the 18 colour × shape captions,
+the shares of the variance of an embedding that are colour, shape and their interaction
+(two-way ANOVA). Near-zero interaction means the words arrive additively.
+
 For every seen evaluation prompt, take a second caption that differs only in the shape (a
 seen pair too), and generate with one part of the conditioning taken from that caption: the
 pooled vector (which drives adaLN), the CLIP tokens, or the T5 tokens (both seen by the joint
@@ -19,7 +23,7 @@ from diffusers import StableDiffusion3Pipeline
 from training import build, text
 from training.analyser import analyse
 from training.evaluate import evaluation_scenes
-from training.scenes import HELD_OUT, Scene, Shape, caption
+from training.scenes import HELD_OUT, Colour, Scene, Shape, caption
 
 PARTS = ("nothing", "pooled", "CLIP tokens", "T5 tokens", "everything")
 
@@ -30,6 +34,43 @@ class SwapResult:
     own: int  # images whose shape is the prompt's
     swapped_in: int  # images whose shape is the other caption's
     n: int
+
+
+def variance_shares(x: torch.Tensor) -> tuple[float, float, float]:
+    """Colour, shape and interaction shares of the variance of ``x`` (colours, shapes, ...)."""
+    x = x.flatten(2).double()
+    centred = x - x.mean((0, 1), keepdim=True)
+    colour = centred.mean(1, keepdim=True)
+    shape = centred.mean(0, keepdim=True)
+    interaction = centred - colour - shape
+    total = float(centred.pow(2).sum())
+    shares = (colour.expand_as(x), shape.expand_as(x), interaction)
+    a, b, c = (float(part.pow(2).sum()) / total for part in shares)
+    return a, b, c
+
+
+@torch.no_grad()
+def caption_mixing(
+    pipe: StableDiffusion3Pipeline, max_sequence_length: int
+) -> dict[str, tuple[float, float, float]]:
+    """Variance shares of the pooled vector and of the T5 state at the shape word."""
+    template = "a small {} {} in the top left on a white background"
+    captions = [template.format(c, s) for c in Colour for s in Shape]
+    embeds, pooled = build.encode_captions(pipe, captions, max_sequence_length)
+    # T5 gives one token per caption word and no start token: the shape is word 3.
+    shape_token = text.CLIP_MAX_LENGTH + 3
+    grid = (len(Colour), len(Shape))
+    return {
+        "pooled vector": variance_shares(pooled.view(*grid, -1)),
+        "T5 state at the shape word": variance_shares(embeds[:, shape_token].view(*grid, -1)),
+    }
+
+
+def format_mixing(shares: dict[str, tuple[float, float, float]]) -> str:
+    lines = [f"{'share of variance':<30}{'colour':>8}{'shape':>8}{'both':>8}"]
+    for name, values in shares.items():
+        lines.append(f"{name:<30}" + "".join(f"{v:>8.3f}" for v in values))
+    return "\n".join(lines)
 
 
 def other_shape(scene: Scene) -> Scene:

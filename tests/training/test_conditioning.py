@@ -89,6 +89,20 @@ def test_swaps_take_exactly_the_named_part() -> None:
         probe.swap(own_e, own_p, alt_e, alt_p, "pooled vector")
 
 
+def test_variance_shares_separate_additive_words_from_their_interaction() -> None:
+    gen = torch.Generator().manual_seed(0)
+    colour, shape = torch.randn(6, 1, 8, generator=gen), torch.randn(1, 3, 8, generator=gen)
+    a, b, both = probe.variance_shares(colour + shape + 5.0)
+    assert both == pytest.approx(0.0, abs=1e-12) and a + b == pytest.approx(1.0)
+    # Each colour effect is repeated over the 3 shapes, each shape effect over the 6 colours.
+    colour_energy = 3 * float((colour - colour.mean(0)).pow(2).sum())
+    shape_energy = 6 * float((shape - shape.mean(1)).pow(2).sum())
+    assert a == pytest.approx(colour_energy / (colour_energy + shape_energy))
+    pure = torch.randn(6, 3, 8, generator=gen)
+    pure = pure - pure.mean(0, keepdim=True) - pure.mean(1, keepdim=True) + pure.mean((0, 1))
+    assert probe.variance_shares(pure)[2] == pytest.approx(1.0)
+
+
 def test_the_other_caption_differs_only_in_a_seen_shape() -> None:
     for scene in evaluation_scenes()["seen"]:
         other = probe.other_shape(scene)
@@ -107,7 +121,14 @@ def test_the_probe_command_runs_on_the_bundled_model() -> None:
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = done.stdout.strip().splitlines()[1:]
+    mixing, swaps = done.stdout.strip().split("\n\n")
+    assert [r[:30].strip() for r in mixing.splitlines()[1:]] == [
+        "pooled vector",
+        "T5 state at the shape word",
+    ]
+    for row in mixing.splitlines()[1:]:
+        assert sum(float(v) for v in row[30:].split()) == pytest.approx(1.0, abs=2e-3)
+    rows = swaps.splitlines()[1:]
     assert [r[:30].strip() for r in rows] == list(probe.PARTS)
     for row in rows:
         own, other = (int(cell.split("/")[0]) for cell in row[30:].split())
