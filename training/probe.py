@@ -14,6 +14,7 @@ picture, which for a held-out pair is a caption it has never seen.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -44,6 +45,8 @@ def variance_shares(x: torch.Tensor) -> tuple[float, float, float]:
     shape = centred.mean(0, keepdim=True)
     interaction = centred - colour - shape
     total = float(centred.pow(2).sum())
+    if total == 0.0:  # the same embedding for every caption (e.g. a zeroed projection)
+        return math.nan, math.nan, math.nan
     shares = (colour.expand_as(x), shape.expand_as(x), interaction)
     a, b, c = (float(part.pow(2).sum()) / total for part in shares)
     return a, b, c

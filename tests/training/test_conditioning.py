@@ -4,6 +4,7 @@ the part they name."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -101,6 +102,7 @@ def test_variance_shares_separate_additive_words_from_their_interaction() -> Non
     pure = torch.randn(6, 3, 8, generator=gen)
     pure = pure - pure.mean(0, keepdim=True) - pure.mean(1, keepdim=True) + pure.mean((0, 1))
     assert probe.variance_shares(pure)[2] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in probe.variance_shares(torch.ones(6, 3, 8)))
 
 
 def test_the_other_caption_differs_only_in_a_seen_shape() -> None:
