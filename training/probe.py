@@ -7,9 +7,10 @@ the shares of the variance of an embedding that are colour, shape and their inte
 For every seen evaluation prompt, take a second caption that differs only in the shape (a
 seen pair too), and generate with one part of the conditioning taken from that caption: the
 pooled vector (which drives adaLN), the CLIP tokens, or the T5 tokens (both seen by the joint
-attention). The analyser then says whose shape came out. A model that composes attributes
-should follow the tokens; one that follows the pooled vector maps each whole caption to a
-picture, which for a held-out pair is a caption it has never seen.
+attention). The analyser then says whose shape came out. A model that follows the pooled
+vector maps each whole caption to a picture, and a held-out pair is a caption it never saw.
+Following the tokens is no proof of composing, though: a model trained without the pooled
+vector did that and drew held-out pairs worse still (docs/training.md).
 """
 
 from __future__ import annotations
