@@ -114,24 +114,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     al.add_argument("--val-every", type=int, default=train_transformer.DitConfig.val_every)
 
-    ev = sub.add_parser("evaluate", help="attribute accuracy of a pipeline folder")
-    ev.add_argument("model_dir", type=Path)
+    # What evaluate and probe share: a model folder and how to sample from it.
+    sampling = argparse.ArgumentParser(add_help=False)
+    sampling.add_argument("model_dir", type=Path)
+    sampling.add_argument("--seeds", type=int, nargs="+", default=list(evaluate.SEEDS))
+    sampling.add_argument("--guidance", type=float, help="default: the model's, else 5.0")
+    sampling.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+
+    ev = sub.add_parser(
+        "evaluate", parents=[sampling], help="attribute accuracy of a pipeline folder"
+    )
     ev.add_argument("--steps", type=int, nargs="+", default=list(evaluate.STEP_COUNTS))
-    ev.add_argument("--seeds", type=int, nargs="+", default=list(evaluate.SEEDS))
-    ev.add_argument("--guidance", type=float, help="default: the model's, else 5.0")
     ev.add_argument("--max-sequence-length", type=int, help="default: the model's, else 256")
     ev.add_argument("--limit", type=int, help="first N prompts per split (smoke tests)")
     ev.add_argument("--report", type=Path, help="folder for contact sheets and a JSON report")
-    ev.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ev.add_argument("--device", default="cpu")
     pr = sub.add_parser(
-        "probe", help="which part of the text conditioning decides the shape (swap test)"
+        "probe",
+        parents=[sampling],
+        help="which part of the text conditioning decides the shape (swap test)",
     )
-    pr.add_argument("model_dir", type=Path)
     pr.add_argument("--steps", type=int, default=run.DEFAULT_STEPS)
-    pr.add_argument("--seeds", type=int, nargs="+", default=list(evaluate.SEEDS))
-    pr.add_argument("--guidance", type=float, help="default: the model's, else 5.0")
-    pr.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     cp = sub.add_parser("compare", help="evaluation reports side by side")
     cp.add_argument(
         "reports", nargs="+", metavar="NAME=REPORT", help="evaluation.json of each model"

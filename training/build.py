@@ -16,7 +16,7 @@ to read whatever features they produce, and they cost nothing to train.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -76,15 +76,14 @@ class Dims:
     ) -> Dims:
         """Default dims with another transformer shape or VAE depth; the positional grid
         still admits 256×256 images."""
-        channels = vae_channels or cls.vae_channels
-        grid = -(-MAX_PIXELS // (patch_size * 2 ** (len(channels) - 1)))
-        return cls(
+        dims = cls(
             patch_size=patch_size,
             layers=layers,
             heads=heads,
-            vae_channels=channels,
-            pos_embed_max_size=grid,
+            vae_channels=vae_channels or cls.vae_channels,
         )
+        grid = -(-MAX_PIXELS // (patch_size * dims.vae_scale_factor))
+        return replace(dims, pos_embed_max_size=grid)
 
     @property
     def vae_scale_factor(self) -> int:
