@@ -113,6 +113,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="T5 length trained for (the pipeline's default is 256)",
     )
     al.add_argument("--val-every", type=int, default=train_transformer.DitConfig.val_every)
+    al.add_argument(
+        "--sample-every",
+        type=int,
+        default=0,
+        help="also generate the 60 evaluation prompts (28 steps, seed 0) with the EMA weights at "
+        "validations that fall on multiples of N steps and log their shape accuracy (off: 0)",
+    )
 
     # What evaluate and probe share: a model folder and how to sample from it.
     sampling = argparse.ArgumentParser(add_help=False)

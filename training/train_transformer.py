@@ -191,9 +191,12 @@ def train_transformer(
     table: TextTable,
     val: dict[str, LatentSet],
     cfg: DitConfig,
-    on_val: Callable[[int, dict[str, float]], None] | None = None,
+    on_val: Callable[[int, dict[str, float], SD3Transformer2DModel], None] | None = None,
 ) -> tuple[SD3Transformer2DModel, History]:
-    """Train ``model`` in place and return its EMA copy (the weights to ship) and the history."""
+    """Train ``model`` in place and return its EMA copy (the weights to ship) and the history.
+
+    ``on_val`` gets each validation's step, scores and the EMA model as it stands then.
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(
@@ -212,7 +215,7 @@ def train_transformer(
         for name, value in scores.items():
             history.val.setdefault(name, []).append(value)
         if on_val is not None:
-            on_val(step, scores)
+            on_val(step, scores, ema)
 
     start = time.perf_counter()
     run_validation(0)

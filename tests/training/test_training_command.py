@@ -40,6 +40,8 @@ def test_the_training_command_writes_a_loadable_pipeline(tmp_path: Path) -> None
         "1",
         "--colourless",
         "0.25",
+        "--sample-every",
+        "2",
         "--threads",
         "1",
     ]
@@ -50,6 +52,11 @@ def test_the_training_command_writes_a_loadable_pipeline(tmp_path: Path) -> None
     log = json.loads((work / "log.json").read_text())
     assert log["latents"]["colourless_scenes"] == 16
     assert len(log["history"]["val_step"]) == 3  # before training and after each step
+    # Sampled once, at step 2 (step 1 is no multiple of 2; step 0 is before training).
+    (sampled,) = log["transformer"]["sampled_shape_accuracy"]
+    assert sampled["step"] == 2
+    assert set(sampled) == {"step", "seen", "held-out"}
+    assert all(0.0 <= sampled[split] <= 1.0 for split in ("seen", "held-out"))
     for artefact in ("loss_vae.png", "loss_transformer.png", "samples_28_steps.png", "vae"):
         assert (work / artefact).exists(), artefact
 
