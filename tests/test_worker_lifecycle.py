@@ -7,6 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
+from rq import Queue
 
 from tests.harness import (
     Deployment,
@@ -16,6 +18,7 @@ from tests.harness import (
     worker_count,
 )
 from tests.helpers import first_progress, submit, wait_final
+from worker.main import WarmWorker
 
 pytestmark = pytest.mark.stack
 
@@ -73,6 +76,27 @@ def test_accepted_job_survives_its_worker_dying(bare: Deployment) -> None:
     assert len(done["links"]["images"]) == 1
     second.process.terminate()
     assert second.process.wait(timeout=60) == 0
+
+
+def test_a_stop_between_a_command_and_its_reply_still_registers_the_death(
+    bare: Deployment,
+) -> None:
+    # RQ raises StopRequested from its SIGTERM handler wherever an idle worker is, which can be
+    # between sending its blocking dequeue and reading the reply: the connection goes back to
+    # the pool with that reply unread, and the teardown's transaction would read it as its own.
+    connection = Redis.from_url(bare.redis_url)
+    worker = WarmWorker(
+        [Queue("interrupted", connection=connection)], connection=connection, name="interrupted"
+    )
+    worker.register_birth()  # type: ignore[no-untyped-call]
+    pool = connection.connection_pool
+    pending = pool.get_connection()
+    pending.send_command("BLPOP", "rq:queue:interrupted", 0.01)  # type: ignore[no-untyped-call]
+    pool.release(pending)
+
+    worker.register_death()
+    assert connection.hget(worker.key, "death") is not None
+    connection.close()
 
 
 def test_a_failed_generation_is_a_job_state(bare: Deployment, tmp_path: Path) -> None:

@@ -45,6 +45,15 @@ class WarmWorker(SimpleWorker):
             job.heartbeat(datetime.now(UTC), ttl_s, pipeline=pipeline, xx=True)
             pipeline.execute()
 
+    def register_death(self) -> None:
+        # RQ stops an idle worker by raising StopRequested from its SIGTERM handler, which can
+        # land between sending the blocking dequeue and reading its reply. That connection
+        # goes back to the pool with the reply unread, and the death's transaction would read
+        # it as its own ("Wrong number of response items"), failing a clean stop. Nothing else
+        # uses RQ's connections by now, so start the teardown on fresh ones.
+        self.connection.connection_pool.disconnect()
+        super().register_death()  # type: ignore[no-untyped-call]
+
 
 class Heartbeat:
     """Tells the API this worker is warm, and purges expired results while it is at it."""
