@@ -134,7 +134,8 @@ def sampled_accuracy(
         guidance_scale=GUIDANCE_SCALE,
         max_sequence_length=max_sequence_length,
     )
-    return {key.split("/")[1]: row["shape"] for key, row in evaluate.summarise(samples).items()}
+    table = evaluate.summarise(samples)
+    return {split: table[f"{DEFAULT_STEPS}/{split}"]["shape"] for split in evaluate.SPLITS}
 
 
 def sample_sheet(pipe: StableDiffusion3Pipeline, max_sequence_length: int, path: Path) -> None:
