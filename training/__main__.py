@@ -35,6 +35,14 @@ def setup_torch(threads: int, device: str = "cpu") -> None:
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
 
 
+def fraction(value: str) -> float:
+    """A probability or share, refused at parse time when outside [0, 1]."""
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return number
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--vae-lr", type=float, default=train_vae.VaeConfig.lr)
     al.add_argument(
         "--vae-recolour",
-        type=float,
+        type=fraction,
         default=train_vae.VaeConfig.recolour,
         help="fraction of VAE training images drawn with a random object colour",
     )
@@ -88,15 +96,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--shift", type=float, default=1.0, help="timestep shift (scheduler too)")
     al.add_argument(
         "--colourless",
-        type=float,
+        type=fraction,
         default=run.COLOURLESS_FRACTION,
         help="extra transformer training scenes, as a fraction of --scenes: objects in random "
         "colours, captions without the colour",
     )
-    al.add_argument("--cfg-drop", type=float, default=train_transformer.DitConfig.cfg_drop)
+    al.add_argument("--cfg-drop", type=fraction, default=train_transformer.DitConfig.cfg_drop)
     al.add_argument(
         "--encoder-drop",
-        type=float,
+        type=fraction,
         default=train_transformer.DitConfig.encoder_drop,
         help="probability of dropping each text encoder independently, as SD3 (0.463)",
     )

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from training import build, probe, run, train_transformer
+from training.__main__ import parse_args
 from training.evaluate import evaluation_scenes
 from training.scenes import HELD_OUT
 from worker.pipeline import BUNDLED_MODEL_DIR
@@ -135,3 +136,19 @@ def test_the_probe_command_runs_on_the_bundled_model() -> None:
     for row in rows:
         own, other = (int(cell.split("/")[0]) for cell in row[30:].split())
         assert own + other <= 30
+
+
+@pytest.mark.parametrize(
+    "option", ["--encoder-drop", "--cfg-drop", "--colourless", "--vae-recolour"]
+)
+def test_probabilities_outside_0_to_1_are_refused_at_parse_time(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        getattr(parse_args(["all", "--out", "m", option, "0.463"]), option[2:].replace("-", "_"))
+        == 0.463
+    )
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(SystemExit):
+            parse_args(["all", "--out", "m", option, bad])
+        assert f"argument {option}: {bad} is not between 0 and 1" in capsys.readouterr().err
