@@ -12,7 +12,7 @@ connected blob, and read
 - position: coverage-weighted centroid, nearest position anchor.
 
 Coverage rather than a hard mask makes area and extent sub-pixel accurate on anti-aliased
-edges, which matters for the fill ratio of a 14-pixel object. All lengths are measured as
+edges, which matters for the fill ratio of a small object. All lengths are measured as
 fractions of the image width, so other resolutions than 64×64 work too.
 """
 

@@ -17,6 +17,7 @@ from training.scenes import (
     MAX_OFFSET_PX,
     PALETTE,
     SCALE_RANGE,
+    SIZE_PX,
     Background,
     Colour,
     Position,
@@ -132,7 +133,7 @@ def test_renderer_is_anti_aliased() -> None:
     _, cover = render_with_coverage(scene)
     partial = (cover > 0.0) & (cover < 1.0)
     assert partial.sum() > 10
-    assert cover.sum() == pytest.approx(np.pi / 4 * 14**2, rel=0.02)
+    assert cover.sum() == pytest.approx(np.pi / 4 * SIZE_PX[Size.SMALL] ** 2, rel=0.02)
 
 
 def test_palette_is_well_separated() -> None:
