@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,12 +80,54 @@ def test_accepted_job_survives_its_worker_dying(bare: Deployment) -> None:
     assert second.process.wait(timeout=60) == 0
 
 
+@pytest.fixture
+def idle_worker(bare: Deployment) -> Iterator[WarmWorker]:
+    """A worker on an empty queue, in this process; the signal handlers it installs are undone."""
+    connection = Redis.from_url(bare.redis_url)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield WarmWorker([Queue("idle", connection=connection)], connection=connection, name="idle")
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        connection.close()
+
+
+def test_a_stop_that_lands_in_a_finalizer_is_not_lost(idle_worker: WarmWorker) -> None:
+    # A signal handler runs wherever the main thread is, a finalizer included, and Python drops
+    # an exception raised there: RQ's own idle stop (raising StopRequested) would vanish.
+    class StopsWhenCollected:
+        def __del__(self) -> None:
+            idle_worker.request_stop(signal.SIGTERM, None)  # type: ignore[no-untyped-call]
+
+    StopsWhenCollected()
+    assert idle_worker.dequeue_job_and_maintain_ttl(timeout=60) is None
+
+
+def test_a_stop_ends_an_idle_wait(idle_worker: WarmWorker, bare: Deployment) -> None:
+    monitor = Redis.from_url(bare.redis_url)
+
+    def stop_once_blocked() -> None:
+        # CLIENT LIST flags a client blocked in a command such as BLPOP with "b".
+        poll(
+            lambda: any("b" in c["flags"] for c in monitor.client_list()),
+            "the worker to block on its queue",
+        )
+        idle_worker._shutdown()
+
+    stopper = threading.Thread(target=stop_once_blocked)
+    stopper.start()
+    assert idle_worker.dequeue_job_and_maintain_ttl(timeout=60) is None
+    stopper.join()
+    monitor.close()
+
+
 def test_a_stop_between_a_command_and_its_reply_still_registers_the_death(
     bare: Deployment,
 ) -> None:
-    # RQ raises StopRequested from its SIGTERM handler wherever an idle worker is, which can be
-    # between sending its blocking dequeue and reading the reply: the connection goes back to
-    # the pool with that reply unread, and the teardown's transaction would read it as its own.
+    # A cold stop raises SystemExit wherever the worker is, which can be between sending its
+    # blocking dequeue and reading the reply: the connection goes back to the pool with that
+    # reply unread, and the teardown's transaction would read it as its own.
     connection = Redis.from_url(bare.redis_url)
     worker = WarmWorker(
         [Queue("interrupted", connection=connection)], connection=connection, name="interrupted"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import torch
 from redis import Redis
 from rq import Queue, SimpleWorker, get_current_job
+from rq.job import Job
 
 from worker import metrics, tasks
 from worker.pipeline import WarmPipeline
@@ -19,6 +20,9 @@ from worker.settings import WorkerSettings
 from worker.store import WorkerJobStore
 
 log = logging.getLogger("sd3serve.worker")
+
+# How long an idle worker blocks on the queue before it looks at its stop flag again.
+IDLE_POLL_S = 1
 
 
 class WarmWorker(SimpleWorker):
@@ -45,13 +49,41 @@ class WarmWorker(SimpleWorker):
             job.heartbeat(datetime.now(UTC), ttl_s, pipeline=pipeline, xx=True)
             pipeline.execute()
 
+    def _shutdown(self) -> None:
+        """Note a warm stop; the job loop acts on it. Runs inside the SIGTERM/SIGINT handler.
+
+        RQ instead raises StopRequested here when the worker is idle, from whatever code the
+        main thread is running when the handler fires. That exception can be lost: Python drops
+        one raised inside a finalizer ("Exception ignored in ..."). CI once saw an idle worker
+        ignore SIGTERM and keep taking jobs until a second signal cold-stopped it. A flag
+        cannot be lost; the idle wait below is short so that it is seen promptly.
+        """
+        self._stop_requested = True
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """Wait for a job in short blocking polls, giving up once a stop is requested.
+
+        This worker never sets an idle limit, so `max_idle_time` is not looked at.
+        """
+        if timeout is None:  # burst mode: RQ does not block at all
+            return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+        while not self._stop_requested:
+            wait = min(timeout, IDLE_POLL_S)
+            # With an idle limit equal to the wait, RQ returns None after one empty poll.
+            result = super().dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
+            if result is not None:
+                return result
+        return None
+
     def register_death(self) -> None:
-        # RQ stops an idle worker by raising StopRequested from its SIGTERM handler, which can
-        # land between sending the blocking dequeue and reading its reply. That connection
-        # goes back to the pool with the reply unread, and the death's transaction would read
-        # it as its own ("Wrong number of response items"), failing a clean stop. Nothing else
-        # uses RQ's connections by now, so start the teardown on fresh ones.
-        self.connection.connection_pool.disconnect()
+        # A cold stop (a second signal) raises SystemExit wherever the main thread is, which
+        # can be between sending a command and reading its reply. That connection goes back to
+        # the pool with the reply unread, and the death's transaction would read it as its own
+        # ("Wrong number of response items"). Drop the idle pooled connections first; the
+        # pub/sub thread's connection is in use and stays open until RQ unsubscribes.
+        self.connection.connection_pool.disconnect(inuse_connections=False)
         super().register_death()  # type: ignore[no-untyped-call]
 
 
@@ -116,8 +148,9 @@ def run(settings: WorkerSettings) -> None:
         connection=rq_redis,
         name=settings.worker_name,
         maintenance_interval=settings.maintenance_interval_s,
-        # An idle worker wakes from its blocking dequeue this often, so maintenance runs too.
-        worker_ttl=settings.maintenance_interval_s + 15,
+        # RQ sets its connections' socket timeout to this less 5 s: a Redis that stops
+        # answering fails the command within a minute instead of RQ's default seven.
+        worker_ttl=60,
     )
     runner = JobRunner(
         pipeline,
