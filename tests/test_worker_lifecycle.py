@@ -108,9 +108,11 @@ def test_a_stop_ends_an_idle_wait(idle_worker: WarmWorker, bare: Deployment) -> 
     monitor = Redis.from_url(bare.redis_url)
 
     def stop_once_blocked() -> None:
-        # CLIENT LIST flags a client blocked in a command such as BLPOP with "b".
+        # CLIENT LIST flags a blocked client with "b"; RQ waits with BLPOP or BLMOVE.
         poll(
-            lambda: any("b" in c["flags"] for c in monitor.client_list()),
+            lambda: any(
+                "b" in c["flags"] and c["cmd"] in ("blpop", "blmove") for c in monitor.client_list()
+            ),
             "the worker to block on its queue",
         )
         idle_worker._shutdown()
