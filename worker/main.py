@@ -56,7 +56,9 @@ class WarmWorker(SimpleWorker):
         main thread is running when the handler fires. That exception can be lost: Python drops
         one raised inside a finalizer ("Exception ignored in ..."). CI once saw an idle worker
         ignore SIGTERM and keep taking jobs until a second signal cold-stopped it. A flag
-        cannot be lost; the idle wait below is short so that it is seen promptly.
+        cannot be lost; the idle wait below is short so that it is seen promptly. RQ would
+        also write the request's date to Redis from here, in the middle of whatever command
+        the handler interrupted; that record is informational, so it is skipped.
         """
         self._stop_requested = True
 
