@@ -81,12 +81,13 @@ def test_accepted_job_survives_its_worker_dying(bare: Deployment) -> None:
 
 
 @pytest.fixture
-def idle_worker(bare: Deployment) -> Iterator[WarmWorker]:
+def idle_worker(bare: Deployment, request: pytest.FixtureRequest) -> Iterator[WarmWorker]:
     """A worker on an empty queue, in this process; the signal handlers it installs are undone."""
     connection = Redis.from_url(bare.redis_url)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    name = request.node.name  # RQ refuses a second live worker of the same name
     try:
-        yield WarmWorker([Queue("idle", connection=connection)], connection=connection, name="idle")
+        yield WarmWorker([Queue(name, connection=connection)], connection=connection, name=name)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -105,9 +106,7 @@ def test_a_stop_that_lands_in_a_finalizer_is_not_lost(idle_worker: WarmWorker) -
 
 
 def test_a_stop_ends_an_idle_wait(idle_worker: WarmWorker, bare: Deployment) -> None:
-    monitor = Redis.from_url(bare.redis_url)
-
-    def stop_once_blocked() -> None:
+    def stop_once_blocked(monitor: Redis) -> None:
         # CLIENT LIST flags a blocked client with "b"; RQ waits with BLPOP or BLMOVE.
         poll(
             lambda: any(
@@ -117,32 +116,28 @@ def test_a_stop_ends_an_idle_wait(idle_worker: WarmWorker, bare: Deployment) -> 
         )
         idle_worker._shutdown()
 
-    stopper = threading.Thread(target=stop_once_blocked)
-    stopper.start()
-    assert idle_worker.dequeue_job_and_maintain_ttl(timeout=60) is None
-    stopper.join()
-    monitor.close()
+    with Redis.from_url(bare.redis_url) as monitor:
+        stopper = threading.Thread(target=stop_once_blocked, args=(monitor,))
+        stopper.start()
+        assert idle_worker.dequeue_job_and_maintain_ttl(timeout=60) is None
+        stopper.join()
 
 
 def test_a_stop_between_a_command_and_its_reply_still_registers_the_death(
-    bare: Deployment,
+    idle_worker: WarmWorker,
 ) -> None:
     # A cold stop raises SystemExit wherever the worker is, which can be between sending its
     # blocking dequeue and reading the reply: the connection goes back to the pool with that
     # reply unread, and the teardown's transaction would read it as its own.
-    connection = Redis.from_url(bare.redis_url)
-    worker = WarmWorker(
-        [Queue("interrupted", connection=connection)], connection=connection, name="interrupted"
-    )
+    worker = idle_worker
     worker.register_birth()  # type: ignore[no-untyped-call]
-    pool = connection.connection_pool
+    pool = worker.connection.connection_pool
     pending = pool.get_connection()
-    pending.send_command("BLPOP", "rq:queue:interrupted", 0.01)  # type: ignore[no-untyped-call]
+    pending.send_command("BLPOP", worker.queues[0].key, 0.01)  # type: ignore[no-untyped-call]
     pool.release(pending)
 
     worker.register_death()
-    assert connection.hget(worker.key, "death") is not None
-    connection.close()
+    assert worker.connection.hget(worker.key, "death") is not None
 
 
 def test_a_failed_generation_is_a_job_state(bare: Deployment, tmp_path: Path) -> None:
