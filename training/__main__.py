@@ -93,7 +93,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--dit-batch", type=int, default=train_transformer.DitConfig.batch_size)
     al.add_argument("--dit-lr", type=float, default=train_transformer.DitConfig.lr)
     al.add_argument("--timesteps", choices=["logit-normal", "uniform"], default="logit-normal")
-    al.add_argument("--shift", type=float, default=1.0, help="timestep shift (scheduler too)")
+    al.add_argument(
+        "--shift",
+        type=float,
+        default=train_transformer.DitConfig.shift,
+        help="timestep shift (scheduler too)",
+    )
     al.add_argument(
         "--colourless",
         type=fraction,
@@ -133,7 +138,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("model_dir", type=Path)
     sampling.add_argument("--seeds", type=int, nargs="+", default=list(evaluate.SEEDS))
-    sampling.add_argument("--guidance", type=float, help="default: the model's, else 5.0")
+    sampling.add_argument(
+        "--guidance", type=float, help=f"default: the model's, else {run.GUIDANCE_SCALE}"
+    )
     sampling.add_argument("--threads", type=int, default=os.cpu_count() or 1)
 
     ev = sub.add_parser(
@@ -189,9 +196,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
     )
     trained = json.loads((args.model_dir / "training.json").read_text())
     losses = evaluate.validation_loss(pipe, int(trained["seed"]), length)
+    ceiling = evaluate.reconstruction_ceiling(pipe.vae, args.limit)
     if args.report is not None:
-        evaluate.write_report(samples, losses, args.report / "evaluation.json")
+        evaluate.write_report(samples, losses, ceiling, args.report / "evaluation.json")
     print(evaluate.format_table(evaluate.summarise(samples)))
+    print(evaluate.format_ceiling(ceiling))
     print(evaluate.format_losses(losses))
 
 
