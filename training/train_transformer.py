@@ -72,7 +72,11 @@ class DitConfig:
     # dropped encoder's part of the conditioning is that of the empty prompt. Off by default.
     encoder_drop: float = 0.0
     timesteps: TimestepMode = "logit-normal"
-    shift: float = 1.0  # timestep shift; the scheduler is saved with the same value
+    # Timestep shift t → s·t / (1 + (s − 1)·t) on the logit-normal draws, SD3's shift for its
+    # 1024² sampling; the scheduler is saved with the same value. At 64×64 it is not a
+    # resolution correction: it trains the noisy end, where the shape is decided, more
+    # (docs/training.md, "SD3's shift of 3 in training").
+    shift: float = 3.0
     val_every: int = 500
     seed: int = 0
 
