@@ -52,6 +52,9 @@ CIRCLE_MIN_FILL = (np.pi / 4 + 0.5) / 2
 LARGE_MIN_SIDE = float(np.sqrt(SIZE_PX[Size.SMALL] * SIZE_PX[Size.LARGE])) / IMAGE_SIZE
 
 
+ATTRIBUTES = ("colour", "shape", "size", "position", "background")  # the keys of attributes()
+
+
 @dataclass(frozen=True)
 class Analysis:
     """Attributes read from an image; the object fields are None when no object was found."""

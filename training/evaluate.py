@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from training import build, train_transformer, train_vae
-from training.analyser import analyse
+from training.analyser import ATTRIBUTES, analyse
 from training.build import MAX_SEQUENCE_LENGTH
 from training.scenes import (
     HELD_OUT,
@@ -39,7 +39,6 @@ from training.scenes import (
 STEP_COUNTS = (4, 8, 16, 28)
 VAL_SEEN, VAL_HELD_OUT = 128, 128
 SEEDS = (0, 1)
-ATTRIBUTES = ("colour", "shape", "size", "position", "background")
 SPLITS = ("seen", "held-out")
 
 
@@ -180,13 +179,7 @@ def reconstruction_ceiling(
     for split, scenes in evaluation_scenes().items():
         scenes = scenes[:limit]
         recon = train_vae.reconstruct(vae, np.stack([render(s) for s in scenes]))
-        reads = [analyse(image).attributes() for image in recon]
-        table[split] = {
-            a: float(
-                np.mean([r[a] == str(getattr(s, a)) for r, s in zip(reads, scenes, strict=True)])
-            )
-            for a in ATTRIBUTES
-        }
+        table[split] = train_vae.read_accuracy(recon, scenes)
     return table
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +25,8 @@ import torch
 from diffusers import AutoencoderKL
 from tqdm import tqdm
 
-from training.analyser import analyse
-from training.scenes import BACKGROUNDS, HELD_OUT, PALETTE, SceneSet, Shape
+from training.analyser import ATTRIBUTES, analyse
+from training.scenes import BACKGROUNDS, HELD_OUT, PALETTE, Scene, SceneSet, Shape
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,17 @@ def reconstruct(vae: AutoencoderKL, images: np.ndarray) -> np.ndarray:
     return to_images(vae.decode(vae.encode(x).latent_dist.mean).sample.cpu())
 
 
+def read_accuracy(images: np.ndarray, scenes: Sequence[Scene]) -> dict[str, float]:
+    """The analyser's accuracy per attribute on images of the given scenes."""
+    reads = [analyse(image).attributes() for image in images]
+    return {
+        attr: float(
+            np.mean([r[attr] == str(getattr(s, attr)) for r, s in zip(reads, scenes, strict=True)])
+        )
+        for attr in ATTRIBUTES
+    }
+
+
 def reconstruction_report(vae: AutoencoderKL, data: SceneSet) -> dict[str, float]:
     """Mean absolute error and the analyser's attribute accuracy on reconstructions.
 
@@ -238,9 +249,7 @@ def reconstruction_report(vae: AutoencoderKL, data: SceneSet) -> dict[str, float
     t0 = time.perf_counter()
     recon = reconstruct(vae, data.images)
     report = {"mae": float(np.abs(recon.astype(np.float32) - data.images).mean() / 255.0)}
-    reads = [analyse(img).attributes() for img in recon]
-    for attr in ("colour", "shape", "size", "position", "background"):
-        hits = [r[attr] == getattr(s, attr).value for r, s in zip(reads, data.scenes, strict=True)]
-        report[f"{attr}_accuracy"] = float(np.mean(hits))
+    for attr, accuracy in read_accuracy(recon, data.scenes).items():
+        report[f"{attr}_accuracy"] = accuracy
     report["seconds"] = time.perf_counter() - t0
     return report
