@@ -43,6 +43,14 @@ def fraction(value: str) -> float:
     return number
 
 
+def non_negative(value: str) -> int:
+    """A count of pixels, refused at parse time when negative."""
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return number
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=fraction,
         default=train_vae.VaeConfig.recolour,
         help="fraction of VAE training images drawn with a random object colour",
+    )
+    al.add_argument(
+        "--vae-object-margin",
+        type=non_negative,
+        default=train_vae.VaeConfig.object_margin,
+        help="pixels around the object weighted like the object in the VAE loss",
     )
     al.add_argument(
         "--vae-precision",

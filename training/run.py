@@ -61,6 +61,7 @@ def vae_stage(
         batch_size=args.vae_batch,
         lr=args.vae_lr,
         recolour=args.vae_recolour,
+        object_margin=args.vae_object_margin,
         bf16=bf16,
         seed=args.seed,
     )

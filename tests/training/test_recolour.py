@@ -18,7 +18,7 @@ from training.scenes import (
     colourless_caption,
     make_scene_set,
 )
-from training.train_vae import Recolourer
+from training.train_vae import Recolourer, VaeConfig, loss_weight
 
 
 def test_recoloured_objects_keep_their_geometry_and_avoid_held_out_pairs() -> None:
@@ -64,3 +64,19 @@ def test_recolouring_is_deterministic_and_respects_the_fraction() -> None:
 def test_colourless_caption() -> None:
     scene = Scene(Shape.SQUARE, Colour.GREEN, Size.LARGE, Position.TOP_RIGHT, Background.BLACK)
     assert colourless_caption(scene) == "a large square in the top right on a black background"
+
+
+def test_the_object_margin_weights_a_ring_around_the_object_like_the_object() -> None:
+    coverage = torch.zeros(1, 9, 9)
+    coverage[0, 4, 4] = 1.0
+    coverage[0, 4, 5] = 0.5  # an anti-aliased edge pixel
+    plain = loss_weight(coverage, VaeConfig(object_weight=20.0))
+    assert plain[0, 0, 4, 4] == 20.0 and plain[0, 0, 4, 5] == 10.5
+    assert int((plain > 1.0).sum()) == 2
+
+    # Each pixel takes the largest coverage within 2 pixels (Chebyshev) of it.
+    ringed = loss_weight(coverage, VaeConfig(object_weight=20.0, object_margin=2))[0, 0]
+    expected = torch.ones(9, 9)
+    expected[2:7, 7] = 10.5  # near the edge pixel only
+    expected[2:7, 2:7] = 20.0  # near the fully covered pixel
+    assert torch.equal(ringed, expected)

@@ -40,6 +40,8 @@ def test_the_training_command_writes_a_loadable_pipeline(tmp_path: Path) -> None
         "1",
         "--colourless",
         "0.25",
+        "--vae-object-margin",
+        "1",
         "--sample-every",
         "2",
         "--threads",
@@ -50,6 +52,7 @@ def test_the_training_command_writes_a_loadable_pipeline(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr[-2000:]
 
     log = json.loads((work / "log.json").read_text())
+    assert log["vae"]["config"]["object_margin"] == 1
     assert log["latents"]["colourless_scenes"] == 16
     assert len(log["history"]["val_step"]) == 3  # before training and after each step
     # Sampled once, at step 2 (step 1 is no multiple of 2; step 0 is before training).
