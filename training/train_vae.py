@@ -142,10 +142,8 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def loss_weight(coverage: torch.Tensor, cfg: VaeConfig) -> torch.Tensor:
     """Per-pixel L1 weight (B, 1, H, W) from the object coverage (B, H, W): ``object_weight``
     on the object and on ``object_margin`` pixels around it, 1 elsewhere."""
-    cov = coverage.unsqueeze(1)
-    if cfg.object_margin > 0:
-        m = cfg.object_margin
-        cov = torch.nn.functional.max_pool2d(cov, 2 * m + 1, stride=1, padding=m)
+    m = cfg.object_margin  # a margin of 0 pools over 1×1: the coverage itself
+    cov = torch.nn.functional.max_pool2d(coverage.unsqueeze(1), 2 * m + 1, stride=1, padding=m)
     return 1.0 + (cfg.object_weight - 1.0) * cov
 
 

@@ -152,3 +152,12 @@ def test_probabilities_outside_0_to_1_are_refused_at_parse_time(
         with pytest.raises(SystemExit):
             parse_args(["all", "--out", "m", option, bad])
         assert f"argument {option}: {bad} is not between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_negative_object_margin_is_refused_at_parse_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert parse_args(["all", "--out", "m", "--vae-object-margin", "2"]).vae_object_margin == 2
+    with pytest.raises(SystemExit):
+        parse_args(["all", "--out", "m", "--vae-object-margin", "-1"])
+    assert "argument --vae-object-margin: -1 is negative" in capsys.readouterr().err
