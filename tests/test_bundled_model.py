@@ -23,8 +23,8 @@ SEEN = [
     Scene(Shape.CIRCLE, Colour.GREEN, Size.LARGE, Position.TOP_RIGHT, Background.GRAY),
 ]
 # All three held-out pairs, large. Small held-out squares and triangles are the model's known
-# failure: they come out round (0 and 4 of 20 right at 28 steps; docs/training.md), and the VAE
-# cannot draw a small purple triangle at all.
+# failure: they come out round more often than not (8 and 7 of 20 right at 28 steps;
+# docs/training.md).
 HELD = [
     Scene(Shape.TRIANGLE, Colour.PURPLE, Size.LARGE, Position.CENTER, Background.WHITE),
     Scene(Shape.CIRCLE, Colour.YELLOW, Size.LARGE, Position.BOTTOM_LEFT, Background.BLACK),

@@ -268,6 +268,7 @@ def run_all(args: argparse.Namespace) -> None:
         "guidance_scale": GUIDANCE_SCALE,
         "timesteps": args.timesteps,
         "shift": args.shift,
+        "vae_object_margin": args.vae_object_margin,
         "seed": args.seed,
     }
     (out / "training.json").write_text(json.dumps(hints, indent=1) + "\n")
