@@ -21,10 +21,12 @@ def test_the_bundled_vae_draws_what_the_evaluation_asks_for() -> None:
     vae = AutoencoderKL.from_pretrained(BUNDLED_MODEL_DIR / "vae", torch_dtype=torch.float32)
     ceiling = evaluate.reconstruction_ceiling(vae)
     assert ceiling["seen"] == dict.fromkeys(ATTRIBUTES, 1.0)
-    # Held-out shape is left out: the decoder rounds small purple triangles, a pair it never
-    # saw (docs/training.md). Every other attribute must survive the round trip.
+    # The decoder still rounds some small purple triangles, a pair it never saw
+    # (docs/training.md), but must leave the held-out shape target (85 %) within reach.
+    # Every other attribute must survive the round trip.
     held_out = {a: v for a, v in ceiling["held-out"].items() if a != "shape"}
     assert held_out == dict.fromkeys(held_out, 1.0)
+    assert ceiling["held-out"]["shape"] >= 0.85
 
 
 def test_the_evaluate_command_prints_and_writes_its_report(tmp_path: Path) -> None:
