@@ -52,7 +52,7 @@ CIRCLE_MIN_FILL = (np.pi / 4 + 0.5) / 2
 LARGE_MIN_SIDE = float(np.sqrt(SIZE_PX[Size.SMALL] * SIZE_PX[Size.LARGE])) / IMAGE_SIZE
 
 
-ATTRIBUTES = ("colour", "shape", "size", "position", "background")  # the keys of attributes()
+ATTRIBUTES = ("colour", "shape", "size", "position", "background")  # fields of Analysis
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,9 @@ class Analysis:
     object_rgb: tuple[float, float, float]
 
     def attributes(self) -> dict[str, str | None]:
-        def value(v: str | None) -> str | None:
-            return None if v is None else str(v)
-
-        return {
-            "colour": value(self.colour),
-            "shape": value(self.shape),
-            "size": value(self.size),
-            "position": value(self.position),
-            "background": value(self.background),
-        }
+        """The read attributes by name (``ATTRIBUTES``), as strings; None where unread."""
+        values = {attr: getattr(self, attr) for attr in ATTRIBUTES}
+        return {attr: None if v is None else str(v) for attr, v in values.items()}
 
 
 def _as_array(image: np.ndarray | Image.Image) -> np.ndarray:
