@@ -51,6 +51,14 @@ def non_negative(value: str) -> int:
     return number
 
 
+def at_least_one(value: str) -> float:
+    """A loss weight relative to the rest, refused at parse time under 1."""
+    number = float(value)
+    if not number >= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} is under 1")
+    return number
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vae-precision",
         choices=["auto", "bf16", "fp32"],
         default="auto",
-        help="autocast for VAE training; auto = bf16 where the CPU has AMX",
+        help="autocast for VAE training; auto = bf16 where the CPU has AMX or AVX512-BF16",
     )
     al.add_argument(
         "--reuse-vae",
@@ -119,6 +127,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=run.COLOURLESS_FRACTION,
         help="extra transformer training scenes, as a fraction of --scenes: objects in random "
         "colours, captions without the colour",
+    )
+    al.add_argument(
+        "--flow-object-weight",
+        type=at_least_one,
+        default=train_transformer.DitConfig.object_weight,
+        help="weight of the latent cells around the object in the transformer loss "
+        "(1: the paper's plain MSE)",
     )
     al.add_argument("--cfg-drop", type=fraction, default=train_transformer.DitConfig.cfg_drop)
     al.add_argument(

@@ -161,3 +161,13 @@ def test_a_negative_object_margin_is_refused_at_parse_time(
     with pytest.raises(SystemExit):
         parse_args(["all", "--out", "m", "--vae-object-margin", "-1"])
     assert "argument --vae-object-margin: -1 is negative" in capsys.readouterr().err
+
+
+def test_a_flow_object_weight_under_1_is_refused_at_parse_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert parse_args(["all", "--out", "m", "--flow-object-weight", "10"]).flow_object_weight == 10
+    for bad in ("0.5", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(["all", "--out", "m", "--flow-object-weight", bad])
+        assert f"argument --flow-object-weight: {bad} is under 1" in capsys.readouterr().err

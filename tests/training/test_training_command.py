@@ -42,6 +42,8 @@ def test_the_training_command_writes_a_loadable_pipeline(tmp_path: Path) -> None
         "0.25",
         "--vae-object-margin",
         "1",
+        "--flow-object-weight",
+        "10",
         "--sample-every",
         "2",
         "--threads",
@@ -53,7 +55,9 @@ def test_the_training_command_writes_a_loadable_pipeline(tmp_path: Path) -> None
 
     log = json.loads((work / "log.json").read_text())
     assert log["vae"]["config"]["object_margin"] == 1
-    assert json.loads((out / "training.json").read_text())["vae_object_margin"] == 1
+    assert log["transformer"]["config"]["object_weight"] == 10.0
+    hints = json.loads((out / "training.json").read_text())
+    assert hints["vae_object_margin"] == 1 and hints["flow_object_weight"] == 10.0
     assert log["latents"]["colourless_scenes"] == 16
     assert len(log["history"]["val_step"]) == 3  # before training and after each step
     # Sampled once, at step 2 (step 1 is no multiple of 2; step 0 is before training).
