@@ -220,13 +220,16 @@ def run_all(args: argparse.Namespace) -> None:
     }
 
     def latent_set(
-        latents: torch.Tensor, captions: list[str], coverage: np.ndarray | None = None
+        latents: torch.Tensor, captions: list[str], cells: torch.Tensor | None = None
     ) -> train_transformer.LatentSet:
         ids = torch.tensor([rows[c] for c in captions], dtype=torch.int64)
-        cells = None
-        if coverage is not None:
-            cells = train_transformer.latent_coverage(torch.from_numpy(coverage), latents.shape[-1])
         return train_transformer.LatentSet((latents - shift) * scale, ids, cells)
+
+    cells = None
+    if args.flow_object_weight != 1.0:
+        cells = train_transformer.latent_coverage(torch.from_numpy(data.coverage), raw.shape[-1])
+        # The colourless scenes are the first n_extra scenes redrawn: the same coverage.
+        cells = torch.cat([cells, cells[:n_extra]])
 
     dit_cfg = train_transformer.DitConfig(
         steps=args.dit_steps,
@@ -252,12 +255,7 @@ def run_all(args: argparse.Namespace) -> None:
 
     ema, history = train_transformer.train_transformer(
         pipe.transformer,
-        # The colourless scenes are the first n_extra scenes redrawn: the same coverage.
-        latent_set(
-            torch.cat([raw, extra_raw]),
-            data.captions() + extra_captions,
-            np.concatenate([data.coverage, data.coverage[:n_extra]]),
-        ),
+        latent_set(torch.cat([raw, extra_raw]), data.captions() + extra_captions, cells),
         table,
         {k: latent_set(val_raw[k], v.captions()) for k, v in val_data.items()},
         dit_cfg,

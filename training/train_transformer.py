@@ -51,8 +51,8 @@ class TextTable:
 class LatentSet:
     latents: torch.Tensor  # (N, C, h, w), already normalised with the VAE shift/scale
     captions: torch.Tensor  # (N,) int64 rows of the TextTables
-    # (N, 1, h, w) share of each latent cell the object touches (latent_coverage); needed
-    # only for an object-weighted loss.
+    # (N, 1, h, w) the object's largest pixel coverage in each latent cell (latent_coverage);
+    # needed only for an object-weighted loss.
     coverage: torch.Tensor | None = None
 
 
