@@ -15,7 +15,6 @@ from training.scenes import (
     Scene,
     Shape,
     Size,
-    make_scene_set,
     render_with_coverage,
 )
 from training.train_transformer import (
@@ -58,9 +57,7 @@ def batch() -> Batch:
 
 
 @torch.no_grad()
-def test_a_weight_of_ones_is_the_plain_mse(
-    batch: Batch,
-) -> None:
+def test_a_weight_of_ones_is_the_plain_mse(batch: Batch) -> None:
     model, args = batch
     ones = torch.ones(args[0].shape[0], 1, *args[0].shape[2:])
     plain = flow_loss(model, *args)
@@ -70,30 +67,28 @@ def test_a_weight_of_ones_is_the_plain_mse(
 
 
 @torch.no_grad()
-def test_a_weighted_cell_counts_that_many_times(
-    batch: Batch,
-) -> None:
-    model, (x0, embeds, pooled, t, noise) = batch
-    weight = torch.ones(x0.shape[0], 1, *x0.shape[2:])
+def test_a_weighted_cell_counts_that_many_times(batch: Batch) -> None:
+    model, args = batch
+    x0 = args[0]
+    cells = x0.shape[0] * x0.shape[2] * x0.shape[3]
+    plain = flow_loss(model, *args)
+    only = torch.zeros(x0.shape[0], 1, *x0.shape[2:])
+    only[1, 0, 5, 6] = 1.0
+    cell = flow_loss(model, *args, only)  # that cell's mean squared error over the channels
+    weight = torch.ones_like(only)
     weight[1, 0, 5, 6] = 10.0
-    pred = model(
-        hidden_states=(1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise,
-        encoder_hidden_states=embeds,
-        pooled_projections=pooled,
-        timestep=t * 1000.0,
-        return_dict=False,
-    )[0]
-    squared = (pred - (noise - x0)).square()
-    cells = squared.sum() + 9.0 * squared[1, :, 5, 6].sum()
-    expected = cells / ((weight.numel() + 9.0) * x0.shape[1])
-    assert torch.allclose(flow_loss(model, x0, embeds, pooled, t, noise, weight), expected)
+    # The cell counted 10 times among the others: 9 extra copies in sum and count.
+    expected = (cells * plain + 9.0 * cell) / (cells + 9.0)
+    assert torch.allclose(flow_loss(model, *args, weight), expected, rtol=1e-5)
+    assert not torch.allclose(cell, plain)  # else the check could not tell weights apart
 
 
 def test_an_object_weight_without_coverage_is_refused() -> None:
     dims = build.Dims()
-    data = make_scene_set(2, seed=0)
-    latents = torch.zeros(len(data.scenes), dims.latent_channels, 16, 16)
-    table = TextTable(torch.zeros(2, 77 + 8, dims.t5_d_model), torch.zeros(2, 96), null=1)
+    latents = torch.zeros(2, dims.latent_channels, dims.latent_size, dims.latent_size)
+    table = TextTable(
+        torch.zeros(2, 77 + 8, dims.t5_d_model), torch.zeros(2, sum(dims.clip_projection)), null=1
+    )
     with pytest.raises(ValueError, match="latent coverage"):
         train_transformer(
             build.make_transformer(dims, seed=0),
