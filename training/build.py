@@ -58,13 +58,16 @@ class Dims:
     layers: int = 6
     heads: int = 6
     head_dim: int = 16
-    patch_size: int = 2
+    # Patch 1, not SD3's 2: a small object is 14 pixels, 3.5 latent pixels, so at patch 2 its
+    # shape was decided inside one or two tokens and held-out pairs came out round
+    # (docs/training.md, the fifth recipe).
+    patch_size: int = 1
     vae_channels: tuple[int, ...] = (32, 64, 64)  # three levels: 64 → 16 pixels, factor 4
     vae_groups: int = 8
     latent_channels: int = 16
-    # Largest latent side the positional embedding covers (in patches): 32 patches × 2 × 4
+    # Largest latent side the positional embedding covers (in patches): 64 patches × 1 × 4
     # = 256 pixels, so the pipeline accepts images up to 256×256.
-    pos_embed_max_size: int = 32
+    pos_embed_max_size: int = 64
 
     @classmethod
     def sized(
