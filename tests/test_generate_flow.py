@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.dev import wait_until
 from tests.harness import Api, Deployment
 from tests.helpers import events, fetch_image, submit, wait_final
 
@@ -128,23 +129,28 @@ def test_metrics_carry_resolution_and_steps_labels(live: Deployment) -> None:
     assert (
         submit(api, prefer="wait=60", prompt="x", width=72, height=64, steps=3).status_code == 200
     )
-    worker = _samples(api.client.get(f"{live.worker_metrics_url}/metrics").text)
     labels = frozenset({("resolution", "128x128"), ("steps", "8")})
+    other = frozenset({("resolution", "other"), ("steps", "3")})
+
+    def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return _samples(api.client.get(f"{live.worker_metrics_url}/metrics").text)
+
+    # The worker records a job's metrics just after it marks the job finished, which is what
+    # ends the synchronous request, so the second job's samples may land a moment later.
+    wait_until(
+        lambda: all(("sd3serve_job_latency_seconds_count", k) in scrape() for k in (labels, other)),
+        live.stack,
+        "both jobs' latency samples",
+        30,
+    )
+    worker = scrape()
     for name in (
         "sd3serve_job_latency_seconds",
         "sd3serve_queue_wait_seconds",
         "sd3serve_inference_seconds",
     ):
         assert worker[(f"{name}_count", labels)] >= 1
-    assert (
-        worker[
-            (
-                "sd3serve_job_latency_seconds_count",
-                frozenset({("resolution", "other"), ("steps", "3")}),
-            )
-        ]
-        >= 1
-    )
+    assert worker[("sd3serve_job_latency_seconds_count", other)] >= 1
     assert worker[("sd3serve_step_seconds_count", frozenset({("resolution", "128x128")}))] >= 8
     assert worker[("sd3serve_jobs_finished_total", frozenset({("status", "succeeded")}))] >= 2
     assert worker[("sd3serve_model_load_seconds", frozenset())] > 0
