@@ -137,8 +137,12 @@ def test_metrics_carry_resolution_and_steps_labels(live: Deployment) -> None:
 
     # The worker records a job's metrics just after it marks the job finished, which is what
     # ends the synchronous request, so the second job's samples may land a moment later.
+    def both_recorded() -> bool:
+        samples = scrape()
+        return all(("sd3serve_job_latency_seconds_count", k) in samples for k in (labels, other))
+
     wait_until(
-        lambda: all(("sd3serve_job_latency_seconds_count", k) in scrape() for k in (labels, other)),
+        both_recorded,
         live.stack,
         "both jobs' latency samples",
         30,

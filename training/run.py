@@ -220,10 +220,10 @@ def run_all(args: argparse.Namespace) -> None:
     }
 
     def latent_set(
-        latents: torch.Tensor, captions: list[str], cells: torch.Tensor | None = None
+        latents: torch.Tensor, captions: list[str], coverage: torch.Tensor | None = None
     ) -> train_transformer.LatentSet:
         ids = torch.tensor([rows[c] for c in captions], dtype=torch.int64)
-        return train_transformer.LatentSet((latents - shift) * scale, ids, cells)
+        return train_transformer.LatentSet((latents - shift) * scale, ids, coverage)
 
     cells = None
     if args.flow_object_weight != 1.0:
