@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--patch-size", type=int, default=build.Dims.patch_size)
     al.add_argument("--layers", type=int, default=build.Dims.layers)
     al.add_argument("--heads", type=int, default=build.Dims.heads)
+    al.add_argument("--head-dim", type=int, default=build.Dims.head_dim)
     al.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     al.add_argument("--scenes", type=int, default=16384, help="training scenes (and latents)")
     al.add_argument(

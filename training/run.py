@@ -180,7 +180,9 @@ def run_all(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     record: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
 
-    dims = build.Dims.sized(args.patch_size, args.layers, args.heads, args.vae_channels)
+    dims = build.Dims.sized(
+        args.patch_size, args.layers, args.heads, args.vae_channels, args.head_dim
+    )
     pipe = build.build_pipeline(args.seed, dims, shift=args.shift)
     if args.zero_pooled:
         build.zero_pooled_(pipe)

@@ -65,6 +65,15 @@ def test_sized_dims_still_admit_256_pixels(
     assert dims.latent_size == 64 // factor
 
 
+def test_sized_dims_split_the_same_width_into_other_heads() -> None:
+    default = build.Dims()
+    dims = build.Dims.sized(1, layers=6, heads=3, head_dim=32)
+    dims.check()
+    assert (dims.heads, dims.head_dim) == (3, 32)
+    assert dims.heads * dims.head_dim == default.heads * default.head_dim
+    assert build.Dims.sized(1, layers=6, heads=6).head_dim == default.head_dim
+
+
 def test_saved_pipeline_loads_and_generates(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     pipe = build.build_pipeline(seed=0)
