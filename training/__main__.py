@@ -51,6 +51,14 @@ def non_negative(value: str) -> int:
     return number
 
 
+def positive(value: str) -> int:
+    """A size of the model, refused at parse time unless at least 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return number
+
+
 def at_least_one(value: str) -> float:
     """A loss weight relative to the rest, refused at parse time under 1."""
     number = float(value)
@@ -75,8 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     al.add_argument("--patch-size", type=int, default=build.Dims.patch_size)
     al.add_argument("--layers", type=int, default=build.Dims.layers)
-    al.add_argument("--heads", type=int, default=build.Dims.heads)
-    al.add_argument("--head-dim", type=int, default=build.Dims.head_dim)
+    al.add_argument("--heads", type=positive, default=build.Dims.heads)
+    al.add_argument("--head-dim", type=positive, default=build.Dims.head_dim)
     al.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     al.add_argument("--scenes", type=int, default=16384, help="training scenes (and latents)")
     al.add_argument(
