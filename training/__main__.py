@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch device for the VAE and the transformer (e.g. cuda); the shipped weights "
         "are the CPU run's",
     )
-    al.add_argument("--patch-size", type=int, default=build.Dims.patch_size)
-    al.add_argument("--layers", type=int, default=build.Dims.layers)
+    al.add_argument("--patch-size", type=positive, default=build.Dims.patch_size)
+    al.add_argument("--layers", type=positive, default=build.Dims.layers)
     al.add_argument("--heads", type=positive, default=build.Dims.heads)
     al.add_argument("--head-dim", type=positive, default=build.Dims.head_dim)
     al.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -163,12 +163,12 @@ def test_a_negative_object_margin_is_refused_at_parse_time(
     assert "argument --vae-object-margin: -1 is negative" in capsys.readouterr().err
 
 
-def test_a_head_count_or_head_dim_under_1_is_refused_at_parse_time(
+def test_a_model_size_under_1_is_refused_at_parse_time(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     args = parse_args(["all", "--out", "m", "--heads", "3", "--head-dim", "32"])
     assert (args.heads, args.head_dim) == (3, 32)
-    for option in ("--heads", "--head-dim"):
+    for option in ("--patch-size", "--layers", "--heads", "--head-dim"):
         with pytest.raises(SystemExit):
             parse_args(["all", "--out", "m", option, "0"])
         assert f"argument {option}: 0 is not positive" in capsys.readouterr().err

@@ -66,12 +66,11 @@ def test_sized_dims_still_admit_256_pixels(
 
 
 def test_sized_dims_split_the_same_width_into_other_heads() -> None:
-    default = build.Dims()
     dims = build.Dims.sized(1, layers=6, heads=3, head_dim=32)
     dims.check()
-    assert (dims.heads, dims.head_dim) == (3, 32)
-    assert dims.heads * dims.head_dim == default.heads * default.head_dim
-    assert build.Dims.sized(1, layers=6, heads=6).head_dim == default.head_dim
+    config = build.make_transformer(dims, seed=0).config
+    assert (config.num_attention_heads, config.attention_head_dim) == (3, 32)
+    assert config.caption_projection_dim == 96
 
 
 def test_saved_pipeline_loads_and_generates(tmp_path: Path) -> None:
