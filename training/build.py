@@ -57,8 +57,9 @@ class Dims:
     t5_heads: int = 4
     layers: int = 6
     # 3 heads of 32 cost ~15 % less per step at patch 1 (the attention's per-score work scales
-    # with the heads) and draw held-out shape as well at 2,800 steps; 6 × 16 stays the default
-    # because it reproduces the shipped weights (docs/training.md, fitting the hour).
+    # with the heads) and, on the fp32 VAE at 2,800 steps, draw held-out shape as well; 6 × 16
+    # stays the default because it reproduces the shipped weights (docs/training.md, fitting
+    # the hour).
     heads: int = 6
     head_dim: int = 16
     # Patch 1, not SD3's 2: a small object is 14 pixels, 3.5 latent pixels, so at patch 2 its
