@@ -181,7 +181,11 @@ def run_all(args: argparse.Namespace) -> None:
     record: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
 
     dims = build.Dims.sized(
-        args.patch_size, args.layers, args.heads, args.vae_channels, args.head_dim
+        args.patch_size,
+        layers=args.layers,
+        heads=args.heads,
+        head_dim=args.head_dim,
+        vae_channels=args.vae_channels,
     )
     pipe = build.build_pipeline(args.seed, dims, shift=args.shift)
     if args.zero_pooled:
