@@ -98,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     al.add_argument("--vae-batch", type=int, default=train_vae.VaeConfig.batch_size)
     al.add_argument("--vae-lr", type=float, default=train_vae.VaeConfig.lr)
     al.add_argument(
+        "--vae-seed",
+        type=int,
+        help="seed of the VAE's batch order and posterior noise alone (default: --seed); the "
+        "scenes and every initialisation stay --seed's, to tell one VAE draw from another",
+    )
+    al.add_argument(
         "--vae-recolour",
         type=fraction,
         default=train_vae.VaeConfig.recolour,

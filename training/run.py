@@ -47,6 +47,19 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def vae_config(args: argparse.Namespace) -> train_vae.VaeConfig:
+    auto_bf16 = args.device != "cpu" or cpu_has_bf16()
+    return train_vae.VaeConfig(
+        steps=args.vae_steps,
+        batch_size=args.vae_batch,
+        lr=args.vae_lr,
+        recolour=args.vae_recolour,
+        object_margin=args.vae_object_margin,
+        bf16=args.vae_precision == "bf16" or (args.vae_precision == "auto" and auto_bf16),
+        seed=args.seed if args.vae_seed is None else args.vae_seed,
+    )
+
+
 def vae_stage(
     pipe: StableDiffusion3Pipeline, data: scenes.SceneSet, args: argparse.Namespace, work: Path
 ) -> dict[str, object]:
@@ -57,17 +70,7 @@ def vae_stage(
         # folder's path into the shipped config. The latent statistics are measured again.
         pipe.vae.load_state_dict(type(pipe.vae).from_pretrained(vae_dir).state_dict())
         return {"reused": str(vae_dir)}
-    auto_bf16 = args.device != "cpu" or cpu_has_bf16()
-    bf16 = args.vae_precision == "bf16" or (args.vae_precision == "auto" and auto_bf16)
-    cfg = train_vae.VaeConfig(
-        steps=args.vae_steps,
-        batch_size=args.vae_batch,
-        lr=args.vae_lr,
-        recolour=args.vae_recolour,
-        object_margin=args.vae_object_margin,
-        bf16=bf16,
-        seed=args.seed,
-    )
+    cfg = vae_config(args)
     t0 = time.perf_counter()
     losses = train_vae.train_vae(pipe.vae, data, cfg)
     plot.line_plot(

@@ -163,6 +163,13 @@ def test_a_negative_object_margin_is_refused_at_parse_time(
     assert "argument --vae-object-margin: -1 is negative" in capsys.readouterr().err
 
 
+def test_vae_seed_moves_only_the_vae_draw() -> None:
+    default = run.vae_config(parse_args(["all", "--out", "m", "--seed", "3"]))
+    other = run.vae_config(parse_args(["all", "--out", "m", "--seed", "3", "--vae-seed", "7"]))
+    assert (default.seed, other.seed) == (3, 7)
+    assert parse_args(["all", "--out", "m", "--vae-seed", "7"]).seed == 0
+
+
 def test_a_model_size_under_1_is_refused_at_parse_time(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
