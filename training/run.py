@@ -48,14 +48,14 @@ def folder_bytes(path: Path) -> int:
 
 
 def vae_config(args: argparse.Namespace) -> train_vae.VaeConfig:
-    auto_bf16 = args.device != "cpu" or cpu_has_bf16()
+    auto = args.vae_precision == "auto"
     return train_vae.VaeConfig(
         steps=args.vae_steps,
         batch_size=args.vae_batch,
         lr=args.vae_lr,
         recolour=args.vae_recolour,
         object_margin=args.vae_object_margin,
-        bf16=args.vae_precision == "bf16" or (args.vae_precision == "auto" and auto_bf16),
+        bf16=args.vae_precision == "bf16" or (auto and (args.device != "cpu" or cpu_has_bf16())),
         seed=args.seed if args.vae_seed is None else args.vae_seed,
     )
 
