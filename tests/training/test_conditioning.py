@@ -170,6 +170,16 @@ def test_vae_seed_moves_only_the_vae_draw() -> None:
     assert parse_args(["all", "--out", "m", "--vae-seed", "7"]).seed == 0
 
 
+def test_vae_precision_picks_bf16_autocast() -> None:
+    def bf16(*options: str) -> bool:
+        return run.vae_config(parse_args(["all", "--out", "m", *options])).bf16
+
+    assert not bf16()  # fp32 by default: it reproduces the shipped VAE
+    assert bf16("--vae-precision", "bf16")
+    assert not bf16("--vae-precision", "fp32", "--device", "cuda")
+    assert bf16("--vae-precision", "auto", "--device", "cuda")
+
+
 def test_a_model_size_under_1_is_refused_at_parse_time(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
