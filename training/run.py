@@ -25,7 +25,8 @@ DEFAULT_STEPS = 28  # SD3's default, and the step count the evaluation targets
 COLOURLESS_FRACTION = 0.0
 # The model's default guidance (sd3_serve.json), also used for the sample sheet and the probes.
 # Chosen on sampling seeds 10-13, which the evaluation never uses: guidance trades seen shape
-# for held-out shape, and 2.0 balanced them best for the shipped model (docs/training.md).
+# for held-out shape, and 2.0 balanced them best for the fifth recipe; the sixth keeps it
+# (docs/training.md).
 GUIDANCE_SCALE = 2.0
 
 

@@ -183,8 +183,8 @@ def test_vae_precision_picks_bf16_autocast() -> None:
 def test_a_model_size_under_1_is_refused_at_parse_time(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    args = parse_args(["all", "--out", "m", "--heads", "3", "--head-dim", "32"])
-    assert (args.heads, args.head_dim) == (3, 32)
+    args = parse_args(["all", "--out", "m", "--heads", "6", "--head-dim", "16"])
+    assert (args.heads, args.head_dim) == (6, 16)
     for option in ("--patch-size", "--layers", "--heads", "--head-dim"):
         with pytest.raises(SystemExit):
             parse_args(["all", "--out", "m", option, "0"])

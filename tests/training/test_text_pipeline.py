@@ -59,17 +59,18 @@ def test_dimension_rules() -> None:
 def test_sized_dims_still_admit_256_pixels(
     patch: int, channels: tuple[int, ...] | None, factor: int, grid: int
 ) -> None:
-    dims = build.Dims.sized(patch, layers=6, heads=6, vae_channels=channels)
+    dims = build.Dims.sized(patch, layers=6, heads=3, vae_channels=channels)
     dims.check()
     assert (dims.vae_scale_factor, dims.pos_embed_max_size) == (factor, grid)
     assert dims.latent_size == 64 // factor
 
 
 def test_sized_dims_split_the_same_width_into_other_heads() -> None:
-    dims = build.Dims.sized(1, layers=6, heads=3, head_dim=32)
+    # The fifth recipe's shape: the default width of 96 as 6 heads of 16.
+    dims = build.Dims.sized(1, layers=6, heads=6, head_dim=16)
     dims.check()
     config = build.make_transformer(dims, seed=0).config
-    assert (config.num_attention_heads, config.attention_head_dim) == (3, 32)
+    assert (config.num_attention_heads, config.attention_head_dim) == (6, 16)
     assert config.caption_projection_dim == 96
 
 
