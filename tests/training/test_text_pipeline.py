@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from training import build, text  # noqa: E402  (after the optional-dependency checks)
 from training.scenes import caption_corpus  # noqa: E402
+from worker.pipeline import BUNDLED_MODEL_DIR  # noqa: E402
 
 CAPTION = "a small red circle in the top left on a gray background"
 
@@ -72,6 +74,24 @@ def test_sized_dims_split_the_same_width_into_other_heads() -> None:
     config = build.make_transformer(dims, seed=0).config
     assert (config.num_attention_heads, config.attention_head_dim) == (6, 16)
     assert config.caption_projection_dim == 96
+
+
+def test_the_default_dims_build_the_bundled_models_architecture() -> None:
+    """The training defaults must be the shipped recipe: a default change without new weights,
+    or new weights without the default change, shows here (the VAE's measured shift and scale
+    aside)."""
+    dims = build.Dims()
+    built = {
+        "transformer": build.make_transformer(dims, seed=0).config,
+        "vae": build.make_vae(dims, seed=0).config,
+    }
+    measured = {"scaling_factor", "shift_factor"}
+    for name, config in built.items():
+        shipped = json.loads((BUNDLED_MODEL_DIR / name / "config.json").read_text())
+        keys = {k for k in shipped if not k.startswith("_")} - measured
+        assert json.loads(json.dumps({k: config[k] for k in keys})) == {
+            k: shipped[k] for k in keys
+        }, name
 
 
 def test_saved_pipeline_loads_and_generates(tmp_path: Path) -> None:
