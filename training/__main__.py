@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # imported after the environment is set
 
-from common.contract import PIPELINE_MAX_SEQUENCE_LENGTH, serving_defaults
+from common.contract import PIPELINE_MAX_SEQUENCE_LENGTH, ServingDefaults
 from training import bench, build, evaluate, probe, run, train_transformer, train_vae
 
 
@@ -217,12 +217,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def call_settings(model_dir: Path, guidance: float | None, length: int | None) -> tuple[float, int]:
     """Guidance and T5 length as given, else as the worker would call the model: with the
     defaults its folder declares."""
-    defaults = serving_defaults(model_dir)
-    # `is None`, not `or`: guidance 0 is a legitimate request.
+    defaults = ServingDefaults.load(model_dir)
+    # Each falls back in turn: given, declared, our own default. `is None`, not `or`:
+    # guidance 0 is a legitimate request.
     if guidance is None:
-        guidance = defaults.get("default_guidance_scale", run.GUIDANCE_SCALE)
+        guidance = defaults.default_guidance_scale
+    if guidance is None:
+        guidance = run.GUIDANCE_SCALE
     if length is None:
-        length = defaults.get("max_sequence_length", PIPELINE_MAX_SEQUENCE_LENGTH)
+        length = defaults.max_sequence_length
+    if length is None:
+        length = PIPELINE_MAX_SEQUENCE_LENGTH
     return float(guidance), int(length)
 
 

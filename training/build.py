@@ -1,14 +1,10 @@
 """The untrained pipeline: exactly the diffusers/transformers classes of a real SD3 checkpoint.
 
-Sizes are tiny so that the whole model trains on two CPU cores; the dimension rules the SD3
-pipeline relies on are checked in ``Dims.check``:
-
-- CLIP prompt embeddings (both CLIPs' hidden states concatenated) are zero-padded to the
-  T5 width, so T5 d_model = joint_attention_dim ≥ sum of the CLIP hidden sizes;
-- the pooled embedding is both CLIPs' projections concatenated, so pooled_projection_dim =
-  sum of the projection sizes;
-- the transformer's caption projection feeds its attention, so caption_projection_dim =
-  heads × head dim.
+Sizes are tiny so that the whole model trains on two CPU cores. ``Dims`` holds what the
+training varies and turns it into the shared ``worker.sd3_build.SD3Spec`` (which derives the
+widths one component fixes in another and checks the rest); the choices the training never
+varies (activations, T5's gating, adaLN-Zero init, placeholder latent statistics) are made
+there too.
 
 Text encoders are randomly initialised from the seed and stay frozen: the transformer learns
 to read whatever features they produce, and they cost nothing to train.
@@ -27,15 +23,16 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 from transformers import (
-    CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
-    T5Config,
     T5EncoderModel,
     T5TokenizerFast,
 )
 
 from training import scenes, text
+from worker import sd3_build
+from worker.sd3_build import ClipSpec, SD3Spec, T5Spec, TransformerSpec, VaeSpec
+from worker.sd3_build import adaln_zero_ as adaln_zero_  # part of this module's interface
 
 # T5 context length the model is trained for. Inference must use the same length, since T5
 # (bidirectional, no attention mask in the pipeline) and the joint attention both see the
@@ -96,131 +93,107 @@ class Dims:
 
     @property
     def vae_scale_factor(self) -> int:
-        return int(2 ** (len(self.vae_channels) - 1))
+        return self.vae_spec().scale_factor
 
     @property
     def latent_size(self) -> int:
         return scenes.IMAGE_SIZE // self.vae_scale_factor
 
     def check(self) -> None:
-        if self.t5_d_model < sum(self.clip_hidden):
-            raise ValueError("T5 d_model must be at least the sum of the CLIP hidden sizes")
+        spec = self.spec()
+        spec.check()
         if self.t5_d_model % self.t5_heads:
             raise ValueError("T5 d_model must be divisible by its head count")
-        max_pixels = self.pos_embed_max_size * self.patch_size * self.vae_scale_factor
-        if max_pixels < MAX_PIXELS:
-            raise ValueError(f"pos_embed_max_size admits only {max_pixels}-pixel images")
+        if spec.max_image_side < MAX_PIXELS:
+            raise ValueError(f"pos_embed_max_size admits only {spec.max_image_side}-pixel images")
+
+    def spec(self, shift: float = 1.0) -> SD3Spec:
+        """The whole pipeline's description; ``shift`` is the scheduler's timestep shift."""
+        (clip_l, clip_g), (proj_l, proj_g) = self.clip_hidden, self.clip_projection
+        return SD3Spec(
+            clip_l=clip_spec(clip_l, proj_l, self.clip_layers),
+            clip_g=clip_spec(clip_g, proj_g, self.clip_layers),
+            t5=self.t5_spec(),
+            vae=self.vae_spec(),
+            transformer=TransformerSpec(
+                sample_size=self.latent_size,  # the pipeline's default height/width: 64
+                patch_size=self.patch_size,
+                layers=self.layers,
+                heads=self.heads,
+                head_dim=self.head_dim,
+                pos_embed_max_size=self.pos_embed_max_size,
+                qk_norm="rms_norm",
+                adaln_zero=True,
+            ),
+            scheduler_shift=shift,
+        )
+
+    def t5_spec(self) -> T5Spec:
+        return T5Spec(
+            d_model=self.t5_d_model,
+            d_ff=2 * self.t5_d_model,
+            d_kv=self.t5_d_model // self.t5_heads,
+            layers=self.t5_layers,
+            heads=self.t5_heads,
+            feed_forward_proj="gated-gelu",  # as T5 v1.1, the encoder SD3 uses
+            dropout_rate=0.0,
+            encoder_only_config=True,
+        )
+
+    def vae_spec(self) -> VaeSpec:
+        return VaeSpec(
+            channels=self.vae_channels,
+            groups=self.vae_groups,
+            latent_channels=self.latent_channels,
+            layers_per_block=1,
+            sample_size=scenes.IMAGE_SIZE,
+            # Placeholders: train_vae measures both from the latents of the scene set.
+            scaling_factor=1.0,
+            shift_factor=0.0,
+        )
 
 
-def make_tokenizers() -> tuple[CLIPTokenizer, CLIPTokenizer, T5TokenizerFast]:
+def clip_spec(hidden: int, projection: int, layers: int) -> ClipSpec:
+    """A CLIP text encoder of the given size, shaped as CLIP-L is: heads of 16, a 4× MLP."""
+    return ClipSpec(
+        hidden=hidden,
+        projection=projection,
+        layers=layers,
+        heads=max(1, hidden // 16),
+        intermediate=4 * hidden,
+        act="quick_gelu",
+    )
+
+
+def make_tokenizers() -> sd3_build.Tokenizers:
     corpus = scenes.caption_corpus()
-    return (
-        text.build_clip_tokenizer(corpus),
-        text.build_clip_tokenizer(corpus),
-        text.build_t5_tokenizer(corpus),
+    return sd3_build.Tokenizers(
+        clip_l=text.build_clip_tokenizer(corpus),
+        clip_g=text.build_clip_tokenizer(corpus),
+        t5=text.build_t5_tokenizer(corpus),
     )
 
 
 def make_clip(
     tokenizer: CLIPTokenizer, hidden: int, projection: int, layers: int, seed: int
 ) -> CLIPTextModelWithProjection:
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        projection_dim=projection,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 16),
-        max_position_embeddings=text.CLIP_MAX_LENGTH,
-        hidden_act="quick_gelu",
-        # Not 2: the CLIP model then pools at the first EOS instead of the legacy argmax.
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return CLIPTextModelWithProjection(config).eval().requires_grad_(False)
+    return sd3_build.build_clip(clip_spec(hidden, projection, layers), tokenizer, seed)
 
 
 def make_t5(tokenizer: T5TokenizerFast, dims: Dims, seed: int) -> T5EncoderModel:
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=dims.t5_d_model,
-        d_kv=dims.t5_d_model // dims.t5_heads,
-        d_ff=2 * dims.t5_d_model,
-        num_layers=dims.t5_layers,
-        num_heads=dims.t5_heads,
-        feed_forward_proj="gated-gelu",  # as T5 v1.1, the encoder SD3 uses
-        dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-        is_encoder_decoder=False,
-        use_cache=False,
-    )
-    torch.manual_seed(seed)
-    return T5EncoderModel(config).eval().requires_grad_(False)
+    return sd3_build.build_t5(dims.t5_spec(), tokenizer, seed)
 
 
 def make_vae(dims: Dims, seed: int) -> AutoencoderKL:
-    torch.manual_seed(seed)
-    n = len(dims.vae_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=dims.vae_channels,
-        layers_per_block=1,
-        latent_channels=dims.latent_channels,
-        norm_num_groups=dims.vae_groups,
-        sample_size=scenes.IMAGE_SIZE,
-        # Placeholders: train_vae measures both from the latents of the scene set.
-        scaling_factor=1.0,
-        shift_factor=0.0,
-        # SD3's VAE has no 1×1 quant convs either.
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    return sd3_build.build_vae(dims.vae_spec(), seed)
 
 
 def make_transformer(dims: Dims, seed: int) -> SD3Transformer2DModel:
-    torch.manual_seed(seed)
-    inner = dims.heads * dims.head_dim
-    model = SD3Transformer2DModel(
-        sample_size=dims.latent_size,  # the pipeline's default height/width come from this
-        patch_size=dims.patch_size,
-        in_channels=dims.latent_channels,
-        out_channels=dims.latent_channels,
-        num_layers=dims.layers,
-        attention_head_dim=dims.head_dim,
-        num_attention_heads=dims.heads,
-        joint_attention_dim=dims.t5_d_model,
-        caption_projection_dim=inner,
-        pooled_projection_dim=sum(dims.clip_projection),
-        pos_embed_max_size=dims.pos_embed_max_size,
-        qk_norm="rms_norm",
-    )
-    adaln_zero_(model)
-    return model
-
-
-def adaln_zero_(model: SD3Transformer2DModel) -> None:
-    """DiT's adaLN-Zero init: every block starts as the identity and the output as zero.
-
-    diffusers initialises these layers with PyTorch defaults; zero gates make early training
-    of a deep stack stable (Peebles & Xie, 2023).
-    """
-    for name, module in model.named_modules():
-        is_modulation = name.endswith(("norm1.linear", "norm1_context.linear", "norm_out.linear"))
-        if isinstance(module, torch.nn.Linear) and (is_modulation or name == "proj_out"):
-            torch.nn.init.zeros_(module.weight)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
+    return sd3_build.build_transformer(dims.spec(), seed)
 
 
 def make_scheduler(shift: float) -> FlowMatchEulerDiscreteScheduler:
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    return sd3_build.build_scheduler(shift)
 
 
 def build_pipeline(
@@ -229,22 +202,7 @@ def build_pipeline(
     """All components, untrained; deterministic in ``seed`` (each gets its own sub-seed)."""
     dims = dims or Dims()
     dims.check()
-    tok1, tok2, tok3 = make_tokenizers()
-    return StableDiffusion3Pipeline(
-        transformer=make_transformer(dims, seed + 1),
-        scheduler=make_scheduler(shift),
-        vae=make_vae(dims, seed + 2),
-        text_encoder=make_clip(
-            tok1, dims.clip_hidden[0], dims.clip_projection[0], dims.clip_layers, seed + 3
-        ),
-        tokenizer=tok1,
-        text_encoder_2=make_clip(
-            tok2, dims.clip_hidden[1], dims.clip_projection[1], dims.clip_layers, seed + 4
-        ),
-        tokenizer_2=tok2,
-        text_encoder_3=make_t5(tok3, dims, seed + 5),
-        tokenizer_3=tok3,
-    )
+    return sd3_build.build_pipeline(dims.spec(shift), make_tokenizers(), seed)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
-from common.contract import SERVING_DEFAULTS_FILE
+from common.contract import ServingDefaults
 from training import build, evaluate, plot, scenes, text, train_transformer, train_vae
 
 MAX_MODEL_BYTES = 20 * 1024 * 1024
@@ -168,13 +168,12 @@ def sample_sheet(pipe: StableDiffusion3Pipeline, max_sequence_length: int, path:
 
 
 def write_serving_defaults(out: Path, max_sequence_length: int) -> None:
-    """How the worker should call the model (common.contract.SERVING_DEFAULTS_FILE)."""
-    defaults = {
-        "default_steps": DEFAULT_STEPS,
-        "default_guidance_scale": GUIDANCE_SCALE,
-        "max_sequence_length": max_sequence_length,
-    }
-    (out / SERVING_DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1) + "\n")
+    """How the worker should call the model (common.contract.ServingDefaults)."""
+    ServingDefaults(
+        default_steps=DEFAULT_STEPS,
+        default_guidance_scale=GUIDANCE_SCALE,
+        max_sequence_length=max_sequence_length,
+    ).save(out)
 
 
 def run_all(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ from training import build, probe, run, train_transformer
 from training.__main__ import parse_args
 from training.evaluate import evaluation_scenes
 from training.scenes import HELD_OUT
-from worker.pipeline import BUNDLED_MODEL_DIR
+from worker.settings import BUNDLED_MODEL_DIR
 
 CAPTION = "a small red circle in the center on a white background"
 

@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL
 
 from training import evaluate
 from training.analyser import ATTRIBUTES
-from worker.pipeline import BUNDLED_MODEL_DIR
+from worker.settings import BUNDLED_MODEL_DIR
 
 
 def test_the_bundled_vae_draws_what_the_evaluation_asks_for() -> None:

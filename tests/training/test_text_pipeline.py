@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from training import build, text  # noqa: E402  (after the optional-dependency checks)
 from training.scenes import caption_corpus  # noqa: E402
-from worker.pipeline import BUNDLED_MODEL_DIR  # noqa: E402
+from worker.settings import BUNDLED_MODEL_DIR  # noqa: E402
 
 CAPTION = "a small red circle in the top left on a gray background"
 
