@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from common.contract import GenerateParams, OutputFormat
+from common.settings import env_var
 from service.dev import Stack, free_port, start_api, start_redis, start_worker, wait_until
 from worker.pipeline import WarmPipeline
 from worker.settings import WorkerSettings
@@ -36,8 +37,12 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="sd3serve-bench-"))
     model = build(work / "model")
-    env = dict(os.environ) | {"MODEL": str(model), "RESULTS_DIR": str(work / "results")}
+    env = dict(os.environ) | {
+        env_var("model"): str(model),
+        env_var("result_store"): f"file://{work / 'results'}",
+    }
     params = GenerateParams(
+        model=model.name,
         prompt="a small red circle in the center on a white background",
         negative_prompt="",
         width=args.size,
@@ -52,11 +57,13 @@ def main() -> None:
 
     stack = Stack()
     try:
-        env["REDIS_URL"] = start_redis(stack, work, env)
+        env[env_var("redis_url")] = start_redis(stack, work, env)
         start_worker(stack, env, "bench-worker")
         url = start_api(stack, env, "127.0.0.1", free_port())
         client = httpx.Client(base_url=url, timeout=120)
-        wait_until(lambda: client.get("/readyz").status_code == 200, stack, "a warm worker", 300)
+        wait_until(
+            lambda: client.get("/readyz").json()["workers"] >= 1, stack, "a warm worker", 300
+        )
         direct = WarmPipeline(WorkerSettings(model=str(model), torch_dtype="float32"))
         direct.warm_up()
 

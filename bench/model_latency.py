@@ -25,6 +25,7 @@ from worker.settings import WorkerSettings
 def params_for(pipe: WarmPipeline, steps: int | None) -> GenerateParams:
     info = pipe.info
     return GenerateParams(
+        model=info.id,
         prompt="a small green square in the top left on a white background",
         negative_prompt="",
         width=info.default_width,

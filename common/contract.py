@@ -5,10 +5,10 @@ Both the API and the workers import this module, so it must stay free of torch a
 
 from __future__ import annotations
 
-import json
+import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -20,18 +20,43 @@ MAX_IMAGES = 4
 # Hard ceilings of the schema; each model narrows them further (see ModelInfo).
 MIN_SIDE = 8
 MAX_SIDE = 4096
-# Optional file in a model folder saying how the model is meant to be called: the defaults the
-# worker advertises ("default_steps", "default_guidance_scale") and the T5 context length it
-# was trained with ("max_sequence_length"; the pipeline's own default is 256).
-SERVING_DEFAULTS_FILE = "sd3_serve.json"
+# Job ids are uuid4 hex; they reach Redis keys, object keys and file names from URLs.
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+JOB_ID = re.compile(JOB_ID_PATTERN)
+# Model names reach Redis keys, RQ queue names and URLs: a conservative, OpenAI-like alphabet.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 # What StableDiffusion3Pipeline pads T5 to when a folder declares no max_sequence_length.
 PIPELINE_MAX_SEQUENCE_LENGTH = 256
 
 
-def serving_defaults(model_dir: Path) -> dict[str, Any]:
-    """A model folder's SERVING_DEFAULTS_FILE, or {} (hub ids, folders without one)."""
-    path = model_dir / SERVING_DEFAULTS_FILE
-    return dict(json.loads(path.read_text())) if path.is_file() else {}
+class ServingDefaults(BaseModel):
+    """A model folder's `sd3_serve.json`: how the model is meant to be called.
+
+    Every field is optional; what a folder leaves out falls back to the worker's settings
+    (steps, guidance) or the pipeline's own default (the T5 context length).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    FILE: ClassVar[str] = "sd3_serve.json"
+
+    default_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    default_guidance_scale: float | None = Field(default=None, ge=0.0, le=MAX_GUIDANCE)
+    max_sequence_length: int | None = Field(
+        default=None, ge=1, description="The T5 context length the model was trained with."
+    )
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ServingDefaults:
+        """The folder's file, or all defaults (hub ids, folders without one)."""
+        path = model_dir / cls.FILE
+        return cls.model_validate_json(path.read_text()) if path.is_file() else cls()
+
+    def save(self, model_dir: Path) -> Path:
+        path = model_dir / self.FILE
+        path.write_text(self.model_dump_json(indent=1, exclude_none=True) + "\n")
+        return path
 
 
 class OutputFormat(StrEnum):
@@ -70,6 +95,15 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(
+        default=None,
+        pattern=MODEL_NAME_PATTERN,
+        description=(
+            "The model to run, an `id` from GET /v1/models. Default: the service's default "
+            "model, or the only model it knows."
+        ),
+        examples=["sd3-scenes"],
+    )
     prompt: Prompt = Field(
         description=f"What to draw: 1 to {MAX_PROMPT_CHARS} characters after trimming whitespace.",
         examples=["a small red circle in the center on a white background"],
@@ -129,6 +163,7 @@ class GenerateRequest(BaseModel):
 class GenerateParams(BaseModel):
     """The fully resolved parameters a worker runs: every default filled in, seed included."""
 
+    model: str = Field(description="The model that runs (or ran) the job.")
     prompt: str
     negative_prompt: str
     width: int
@@ -157,9 +192,13 @@ class Progress(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """What the workers serve, published by each worker once its pipeline is warm."""
+    """A served model, published by each of its workers with every heartbeat once warm."""
 
-    id: str = Field(description="The MODEL the workers loaded: a local folder or a hub id.")
+    id: str = Field(
+        description="The model's name (SD3SERVE_MODEL_NAME): what requests put in `model`.",
+        pattern=MODEL_NAME_PATTERN,
+    )
+    source: str = Field(description="What the workers loaded (SD3SERVE_MODEL): a folder or hub id.")
     pipeline: str = Field(description="The diffusers pipeline class.")
     device: str
     dtype: str

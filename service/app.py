@@ -9,9 +9,11 @@ from fastapi import FastAPI
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from common.settings import load_settings
 from service.errors import install_error_handlers
 from service.metrics import HttpMetricsMiddleware
 from service.queue import JobQueue
+from service.registry import ModelRegistry
 from service.routes import generate, health, jobs, models
 from service.service import GenerationService
 from service.settings import ApiSettings
@@ -19,14 +21,15 @@ from service.store import ApiJobStore
 
 DESCRIPTION = """Generate images with Stable Diffusion 3-class models.
 
-POST a prompt to `/v1/generate`; the job is queued and a warm GPU worker runs it. Follow it with
-`GET /v1/jobs/{id}` or its Server-Sent Events, then download the images it links to.
+POST a prompt to `/v1/generate`; the job is queued for its model and a warm GPU worker of that
+model runs it. Follow it with `GET /v1/jobs/{id}` or its Server-Sent Events, then download the
+images it links to. `GET /v1/models` lists the models, their limits and their workers.
 Every error has the shape `{"error": {"code", "message", "field", "details"}}`.
 """
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    settings = settings or ApiSettings()
+    settings = settings or load_settings(ApiSettings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,13 +37,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         rq_redis = Redis.from_url(str(settings.redis_url))  # RQ is synchronous and wants bytes
         queue = JobQueue(
             rq_redis,
-            settings.queue_name,
             job_timeout_s=settings.job_timeout_s,
             retries=settings.job_retries,
             ttl_s=settings.result_ttl_s,
         )
-        store = ApiJobStore(redis, settings.result_ttl_s)
-        app.state.service = GenerationService(settings, store, queue, settings.result_store())
+        app.state.service = GenerationService(
+            settings,
+            ApiJobStore(redis, settings.result_ttl_s),
+            queue,
+            ModelRegistry(redis),
+            settings.open_results(),
+        )
         try:
             yield
         finally:

@@ -5,23 +5,43 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app import create_app
+    from common.settings import load_settings
+    from service.settings import ApiSettings
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    settings = load_settings(ApiSettings)
+    if settings.api_workers == 1:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        return 0
+    from service.metrics import MULTIPROC_DIR_ENV
+
+    # Each process writes its metrics to files here, summed by any scrape. A fresh folder per
+    # start: samples left by an earlier run would be added to this one's.
+    with tempfile.TemporaryDirectory(prefix="sd3serve-metrics-") as metrics_dir:
+        os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            workers=settings.api_workers,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+        )
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.main import main  # needs the `worker` extra: torch and diffusers
+    from worker.entry import main  # needs the `worker` extra: torch and diffusers
 
-    main()
-    return 0
+    return main()
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -36,7 +56,7 @@ def _generate(args: argparse.Namespace) -> int:
     suffix = args.output.suffix.lower().lstrip(".")
     fmt = args.format or {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(suffix, "png")
     body = {"prompt": args.prompt, "num_images": args.num_images, "output_format": fmt}
-    for name in ("negative_prompt", "width", "height", "steps", "guidance_scale", "seed"):
+    for name in ("model", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     try:
@@ -78,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("-o", "--output", type=Path, default=Path("out.png"))
     gen.add_argument("--url", default=os.environ.get("SD3SERVE_URL", "http://127.0.0.1:8000"))
+    gen.add_argument("--model", help="model id from GET /v1/models (default: the service's)")
     gen.add_argument("--negative-prompt")
     gen.add_argument("--width", type=int)
     gen.add_argument("--height", type=int)
@@ -98,12 +119,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydantic import ValidationError
+    from common.settings import SettingsError
 
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except ValidationError as exc:  # settings are checked at start: say which one is wrong
-        print(f"sd3-serve {args.command}: invalid setting\n{exc}", file=sys.stderr)
+    except SettingsError as exc:  # settings are checked at start: say which one is wrong
+        print(f"sd3-serve {args.command}: {exc}", file=sys.stderr)
         return 2
     return code

@@ -16,8 +16,11 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+from dotenv import dotenv_values
 from redis import Redis
 from redis.exceptions import RedisError
+
+from common.settings import ENV_FILE, env_var
 
 READY_TIMEOUT_S = 600.0  # a real checkpoint can take minutes to load
 
@@ -81,15 +84,16 @@ def _redis_up(url: str) -> bool:
         return bool(r.ping())
 
 
-def start_redis(stack: Stack, workdir: Path, env: dict[str, str]) -> str:
-    """A private, non-persistent redis-server on a free loopback port; returns its URL."""
+def start_redis(stack: Stack, workdir: Path, env: dict[str, str], port: int | None = None) -> str:
+    """A private, non-persistent redis-server on a loopback port (a free one by default);
+    returns its URL."""
     server = shutil.which("redis-server")
     if server is None:
         raise RuntimeError(
             "redis-server is not on PATH: install it (apt-get install redis-server) "
-            "or set REDIS_URL"
+            f"or set {env_var('redis_url')}"
         )
-    port = free_port()
+    port = port or free_port()
     argv = [
         server,
         "--port",
@@ -115,9 +119,9 @@ def start_worker(
     """A worker process with its metrics on a free loopback port; returns it and their base URL."""
     metrics_port = free_port()
     worker_env = env | {
-        "METRICS_HOST": "127.0.0.1",
-        "METRICS_PORT": str(metrics_port),
-        "WORKER_NAME": name,
+        env_var("metrics_host"): "127.0.0.1",
+        env_var("metrics_port"): str(metrics_port),
+        env_var("worker_name"): name,
     }
     process = stack.start(name, [sys.executable, "-m", "worker"], worker_env)
     return process, f"http://127.0.0.1:{metrics_port}"
@@ -145,8 +149,10 @@ def run_dev(host: str, port: int, workers: int) -> int:
     signal.signal(signal.SIGINT, on_signal)
     tmp = Path(tempfile.mkdtemp(prefix="sd3serve-dev-"))
     try:
-        if "REDIS_URL" not in env:
-            env["REDIS_URL"] = start_redis(stack, tmp, env)
+        redis_url = env_var("redis_url")
+        # A Redis named in the environment or in .env is used; otherwise a private one.
+        if redis_url not in env and redis_url not in dotenv_values(ENV_FILE):
+            env[redis_url] = start_redis(stack, tmp, env)
 
         metrics_urls = [
             start_worker(stack, env, f"dev-worker-{i}")[1] + "/metrics" for i in range(workers)

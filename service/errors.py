@@ -1,4 +1,4 @@
-"""The one error envelope, the domain errors, and the table mapping them to status codes."""
+"""The one error envelope and the domain errors, each carrying its code and HTTP status."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """A failure a client can act on. Subclasses set `code`; STATUS maps codes to statuses."""
+    """A failure a client can act on: its `code` and HTTP `status` are the subclass's."""
 
     code = "error"
+    status = 400
 
     def __init__(self, message: str, field: str | None = None, retry_after_s: int | None = None):
         super().__init__(message)
@@ -30,36 +31,37 @@ class ApiError(Exception):
 
 class InvalidParameter(ApiError):
     code = "invalid_parameter"
+    status = 422
 
 
 class JobNotFound(ApiError):
     code = "job_not_found"
+    status = 404
 
 
 class ImageNotFound(ApiError):
     code = "image_not_found"
+    status = 404
+
+
+class ModelNotFound(ApiError):
+    code = "model_not_found"
+    status = 404
 
 
 class JobAlreadyFinished(ApiError):
     code = "job_finished"
+    status = 409
 
 
 class QueueFull(ApiError):
     code = "queue_full"
+    status = 429
 
 
 class NotReady(ApiError):
     code = "not_ready"
-
-
-STATUS: dict[type[ApiError], int] = {
-    InvalidParameter: 422,
-    JobNotFound: 404,
-    ImageNotFound: 404,
-    JobAlreadyFinished: 409,
-    QueueFull: 429,
-    NotReady: 503,
-}
+    status = 503
 
 
 def error_response(
@@ -88,7 +90,7 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(ApiError, exc)  # registered for ApiError only
     return error_response(
-        STATUS.get(type(exc), 400),
+        exc.status,
         exc.code,
         exc.message,
         exc.field,

@@ -31,6 +31,7 @@ def resolve(request: GenerateRequest, info: ModelInfo) -> GenerateParams:
     _check_side("width", width, info)
     _check_side("height", height, info)
     return GenerateParams(
+        model=info.id,
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
         width=width,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
-from common.contract import GenerateParams, JobStatus, Progress, Timings
+from common.contract import GenerateParams, JobStatus, ModelInfo, Progress, Timings
+
+OWNED_BY = "sd3-serve"
 
 
 class FieldError(BaseModel):
@@ -28,12 +32,19 @@ class ErrorResponse(BaseModel):
 class JobLinks(BaseModel):
     self: str
     events: str
-    images: list[str] = Field(default_factory=list, description="One URL per stored image.")
+    images: list[str] = Field(
+        default_factory=list,
+        description=(
+            "One URL per stored image: the API's image route, or a presigned object-store URL "
+            "that expires with the job (SD3SERVE_RESULT_URLS=presigned)."
+        ),
+    )
 
 
 class JobResponse(BaseModel):
     id: str
     status: JobStatus
+    model: str = Field(description="The model that runs (or ran) the job.")
     queue_position: int | None = Field(
         default=None, description="Jobs ahead of this one (0 = next), while queued."
     )
@@ -48,10 +59,27 @@ class JobResponse(BaseModel):
     links: JobLinks
 
 
+class ModelCard(ModelInfo):
+    """One served model: OpenAI's model object, plus this service's limits and availability."""
+
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time a worker first published this model.")
+    owned_by: str = OWNED_BY
+    workers_ready: int = Field(description="Warm workers with a live heartbeat.")
+    queue_depth: int = Field(description="Jobs waiting in the model's queue.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class ReadyResponse(BaseModel):
-    ready: bool
+    ready: bool = Field(description="Redis answers: the API can accept jobs.")
     redis: bool
-    workers: int = Field(description="Warm workers with a live heartbeat.")
+    workers: int = Field(
+        description="Warm workers with a live heartbeat, all models together (0 is still ready)."
+    )
 
 
 class HealthResponse(BaseModel):

@@ -13,6 +13,7 @@ import pytest
 from service.dev import wait_until
 from tests.harness import (
     START_TIMEOUT_S,
+    TINY_MODEL,
     Api,
     Deployment,
     deployment,
@@ -28,7 +29,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled tiny model, built once through the real CLI and loaded via from_pretrained."""
-    out = tmp_path_factory.mktemp("model") / "tiny-sd3"
+    out = tmp_path_factory.mktemp("model") / TINY_MODEL
     subprocess.run(
         [sys.executable, "-m", "service", "build-model", str(out)], check=True, capture_output=True
     )

@@ -14,8 +14,8 @@ import pytest
 from common.contract import GenerateParams, OutputFormat
 from training.analyser import analyse
 from training.scenes import HELD_OUT, Background, Colour, Position, Scene, Shape, Size, caption
-from worker.pipeline import BUNDLED_MODEL_DIR, WarmPipeline
-from worker.settings import WorkerSettings
+from worker.pipeline import WarmPipeline
+from worker.settings import BUNDLED_MODEL_DIR, WorkerSettings
 
 SEEN = [
     Scene(Shape.SQUARE, Colour.BLUE, Size.LARGE, Position.BOTTOM_LEFT, Background.GRAY),
@@ -49,7 +49,7 @@ def test_the_held_out_pairs_are_the_ones_never_trained_on() -> None:
 def test_the_bundled_model_is_the_packaged_trained_pipeline(bundled: WarmPipeline) -> None:
     info = bundled.info
     assert (BUNDLED_MODEL_DIR / "model_index.json").is_file()
-    assert info.id == "bundled"
+    assert (info.id, info.source) == ("sd3-scenes", "bundled")
     assert info.pipeline == "StableDiffusion3Pipeline"
     assert info.text_encoders == [
         "CLIPTextModelWithProjection",
@@ -69,6 +69,7 @@ def test_the_image_shows_what_the_prompt_asks_for(
 ) -> None:
     info = bundled.info
     params = GenerateParams(
+        model=info.id,
         prompt=caption(scene),
         negative_prompt="",
         width=info.default_width,

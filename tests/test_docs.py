@@ -7,18 +7,36 @@ from pathlib import Path
 import pytest
 
 from common.contract import GenerateRequest
+from common.settings import ENV_PREFIX, env_var
 from service.app import create_app
 from service.settings import ApiSettings
 from worker.settings import WorkerSettings
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+SETTINGS = sorted(set(ApiSettings.model_fields) | set(WorkerSettings.model_fields))
 
 
-@pytest.mark.parametrize(
-    "name", sorted(set(ApiSettings.model_fields) | set(WorkerSettings.model_fields))
-)
+@pytest.mark.parametrize("name", SETTINGS)
 def test_readme_documents_every_setting(name: str) -> None:
-    assert f"| `{name.upper()}` |" in README
+    assert f"| `{env_var(name)}` |" in README
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    """`.env.example` names each variable once, commented out, with the default it has."""
+    entries = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.startswith(f"# {ENV_PREFIX}"):
+            name, _, value = line.removeprefix("# ").partition("=")
+            entries[name] = value
+    assert sorted(entries) == sorted(env_var(n) for n in SETTINGS)
+    for cls in (ApiSettings, WorkerSettings):
+        for name, field in cls.model_fields.items():
+            if field.default_factory is None:
+                default = "" if field.default is None else str(field.default)
+                if isinstance(field.default, bool):
+                    default = default.lower()
+                assert entries[env_var(name)] == default, name
 
 
 def test_openapi_documents_every_request_field_with_bounds() -> None:

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.dev import wait_until
-from tests.harness import Api, Deployment
+from tests.harness import TINY_MODEL, Api, Deployment
 from tests.helpers import events, fetch_image, submit, wait_final
 
 pytestmark = pytest.mark.stack
@@ -22,7 +22,9 @@ def test_async_flow_queues_then_serves_a_decodable_png(api: Api) -> None:
     job = response.json()
     assert job["status"] in ("queued", "running", "succeeded")
     assert response.headers["location"] == job["links"]["self"]
+    assert job["model"] == TINY_MODEL
     assert job["params"] == {
+        "model": TINY_MODEL,
         "prompt": "a large blue square",
         "negative_prompt": "",
         "width": 64,
@@ -102,8 +104,12 @@ def test_other_output_formats(api: Api, fmt: str, pil_format: str) -> None:
     assert image.format == pil_format and image.size == (64, 64)
 
 
-def test_models_describes_the_served_model(api: Api) -> None:
-    info = api.client.get("/v1/models").json()
+def test_models_lists_the_served_model_in_openai_shape(api: Api) -> None:
+    listing = api.client.get("/v1/models").json()
+    assert listing["object"] == "list"
+    [info] = listing["data"]
+    assert (info["id"], info["object"], info["owned_by"]) == (TINY_MODEL, "model", "sd3-serve")
+    assert isinstance(info["created"], int) and info["created"] > 0
     assert info["pipeline"] == "StableDiffusion3Pipeline"
     assert info["scheduler"] == "FlowMatchEulerDiscreteScheduler"
     assert info["scheduler_shift"] == 3.0
@@ -111,6 +117,20 @@ def test_models_describes_the_served_model(api: Api) -> None:
     assert (info["default_width"], info["default_steps"]) == (64, 8)
     assert info["dtype"] == "float32" and info["device"] == "cpu"
     assert len(info["text_encoders"]) == 3
+    assert info["workers_ready"] == 1 and info["queue_depth"] >= 0
+    one = api.client.get(f"/v1/models/{TINY_MODEL}").json()
+    assert one | {"queue_depth": 0} == info | {"queue_depth": 0}
+    missing = api.client.get("/v1/models/sd3.5-large")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_unknown_model_is_a_422_listing_the_known_ones(api: Api) -> None:
+    reply = submit(api, model="sd3.5-large", prompt="x")
+    assert reply.status_code == 422
+    error = reply.json()["error"]
+    assert error["field"] == "model"
+    assert TINY_MODEL in error["message"]
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -129,8 +149,10 @@ def test_metrics_carry_resolution_and_steps_labels(live: Deployment) -> None:
     assert (
         submit(api, prefer="wait=60", prompt="x", width=72, height=64, steps=3).status_code == 200
     )
-    labels = frozenset({("resolution", "128x128"), ("steps", "8")})
-    other = frozenset({("resolution", "other"), ("steps", "3")})
+    model = ("model", TINY_MODEL)
+    labels = frozenset({model, ("resolution", "128x128"), ("steps", "8")})
+    # 72x64 and 3 steps are neither configured: both are counted as "other".
+    other = frozenset({model, ("resolution", "other"), ("steps", "other")})
 
     def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         return _samples(api.client.get(f"{live.worker_metrics_url}/metrics").text)
@@ -155,10 +177,12 @@ def test_metrics_carry_resolution_and_steps_labels(live: Deployment) -> None:
     ):
         assert worker[(f"{name}_count", labels)] >= 1
     assert worker[("sd3serve_job_latency_seconds_count", other)] >= 1
-    assert worker[("sd3serve_step_seconds_count", frozenset({("resolution", "128x128")}))] >= 8
-    assert worker[("sd3serve_jobs_finished_total", frozenset({("status", "succeeded")}))] >= 2
+    step = frozenset({model, ("resolution", "128x128")})
+    assert worker[("sd3serve_step_seconds_count", step)] >= 8
+    done = frozenset({model, ("status", "succeeded")})
+    assert worker[("sd3serve_jobs_finished_total", done)] >= 2
     assert worker[("sd3serve_model_load_seconds", frozenset())] > 0
-    assert worker[("sd3serve_worker_ready", frozenset())] == 1
+    assert worker[("sd3serve_worker_ready", frozenset({model}))] == 1
 
     front = _samples(api.client.get("/metrics").text)
     assert (
@@ -170,7 +194,7 @@ def test_metrics_carry_resolution_and_steps_labels(live: Deployment) -> None:
         ]
         >= 2
     )
-    assert front[("sd3serve_ready_workers", frozenset())] == 1
-    assert ("sd3serve_queue_depth", frozenset()) in front
+    assert front[("sd3serve_ready_workers", frozenset({model}))] == 1
+    assert ("sd3serve_queue_depth", frozenset({model})) in front
     health = api.client.get(f"{live.worker_metrics_url}/healthz").json()
     assert health == {"status": "ok", "ready": True}

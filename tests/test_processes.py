@@ -10,11 +10,21 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
+from common.settings import ENV_PREFIX, env_var, mask_url
 from service.dev import Stack, free_port
-from tests.harness import Deployment, poll, start_api
+from tests.harness import (
+    TINY_MODEL,
+    Deployment,
+    poll,
+    publish_model_record,
+    settings_env,
+    start_api,
+    start_redis,
+)
 from tests.helpers import submit
 
 
@@ -41,21 +51,59 @@ def test_api_imports_neither_torch_nor_diffusers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("command", "variable", "value"),
+    ("command", "field", "value"),
     [
-        ("api", "MAX_QUEUED_JOBS", "0"),
-        ("api", "REDIS_URL", "http://nope"),
-        ("api", "RESULT_TTL_S", "soon"),
-        ("worker", "TORCH_DEVICE", "gpu"),
-        ("worker", "TORCH_DTYPE", "int8"),
-        ("worker", "METRICS_RESOLUTIONS", "1024,512x512"),
+        ("api", "max_queued_jobs", "0"),
+        ("api", "redis_url", "http://nope"),
+        ("api", "result_ttl_s", "soon"),
+        ("api", "result_store", "ftp://host/images"),
+        ("api", "result_urls", "presigned"),  # needs an s3:// store
+        ("worker", "torch_device", "gpu"),
+        ("worker", "torch_dtype", "int8"),
+        ("worker", "metrics_resolutions", "1024,512x512"),
+        ("worker", "metrics_steps", "28,many"),
+        ("worker", "model_name", "no spaces please"),
     ],
 )
-def test_bad_settings_are_refused_at_start(command: str, variable: str, value: str) -> None:
-    result = run([command], env=dict(os.environ) | {variable: value})
+def test_bad_settings_are_refused_at_start_naming_the_variable(
+    command: str, field: str, value: str
+) -> None:
+    result = run([command], env=dict(os.environ) | settings_env(**{field: value}))
     assert result.returncode == 2
     assert "invalid setting" in result.stderr
-    assert variable.lower() in result.stderr
+    assert env_var(field) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_a_refused_secret_is_never_printed(command: str) -> None:
+    env = dict(os.environ) | settings_env(redis_url="http://admin:hunter2@redis.internal:6379")
+    result = run([command], env=env)
+    assert result.returncode == 2
+    assert env_var("redis_url") in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_mask_url_hides_passwords() -> None:
+    assert mask_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert mask_url("rediss://user:s3cret@h/1") == "rediss://user:***@h/1"
+    assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_settings_are_read_from_a_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"{env_var('max_queued_jobs')}=0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env["PYTHONPATH"] = str(Path(__file__).parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "api"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert env_var("max_queued_jobs") in result.stderr
 
 
 @pytest.mark.stack
@@ -79,6 +127,8 @@ def test_generate_cli_writes_decodable_images(live: Deployment, tmp_path: Path) 
             "2",
             "--seed",
             "5",
+            "--model",
+            TINY_MODEL,
         ]
     )
     assert result.returncode == 0, result.stderr
@@ -109,26 +159,27 @@ def test_generate_cli_reports_bad_input(live: Deployment, tmp_path: Path) -> Non
 
 
 @pytest.mark.stack
-def test_full_queue_answers_429(live: Deployment, tmp_path: Path) -> None:
+def test_full_queue_answers_429(tmp_path: Path) -> None:
     stack = Stack()
     try:
-        # A second API on the same Redis, feeding a queue no worker listens to.
-        env = dict(os.environ) | {
-            "REDIS_URL": live.redis_url,
-            "QUEUE_NAME": "unserved",
-            "MAX_QUEUED_JOBS": "2",
-            "RESULTS_DIR": str(tmp_path),
-        }
+        redis_url = start_redis(stack, tmp_path)
+        # Models known from workers that have since scaled to zero: their jobs queue and stay.
+        idle, other = (publish_model_record(redis_url, name) for name in ("idle", "other"))
+        env = dict(os.environ) | settings_env(
+            redis_url=redis_url, max_queued_jobs=2, result_store=f"file://{tmp_path}"
+        )
         api = start_api(stack, env)
         with closing(api.client):
-            jobs = [submit(api, prompt="waits", steps=1) for _ in range(2)]
+            jobs = [submit(api, model=idle, prompt="waits", steps=1) for _ in range(2)]
             assert [r.status_code for r in jobs] == [202, 202]
-            full = submit(api, prompt="one too many", steps=1)
+            full = submit(api, model=idle, prompt="one too many", steps=1)
             assert full.status_code == 429
             assert full.json()["error"]["code"] == "queue_full"
             assert full.headers["retry-after"] == "10"
+            # The bound is per model: another model's queue still takes jobs.
+            assert submit(api, model=other, prompt="elsewhere", steps=1).status_code == 202
             assert api.client.delete(f"/v1/jobs/{jobs[0].json()['id']}").status_code == 200
-            assert submit(api, prompt="room again", steps=1).status_code == 202
+            assert submit(api, model=idle, prompt="room again", steps=1).status_code == 202
     finally:
         stack.stop()
 
@@ -158,10 +209,9 @@ def _alive(pid: int) -> bool:
 @pytest.mark.stack
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_dev_runs_the_whole_stack_and_stops_cleanly(model_dir: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {
-        "MODEL": str(model_dir),
-        "RESULTS_DIR": str(tmp_path / "results"),
-    }
+    env = {k: v for k, v in os.environ.items() if k != env_var("redis_url")} | settings_env(
+        model=model_dir, result_store=f"file://{tmp_path / 'results'}"
+    )
     port = free_port()
     dev = subprocess.Popen(
         [sys.executable, "-m", "service", "dev", "--port", str(port)],
@@ -185,7 +235,6 @@ def test_dev_runs_the_whole_stack_and_stops_cleanly(model_dir: Path, tmp_path: P
         children = _children(dev.pid)
         assert len(children) == 3  # redis-server, the worker, the API
 
-        import httpx
 
         reply = httpx.post(
             f"http://127.0.0.1:{port}/v1/generate",
@@ -204,3 +253,35 @@ def test_dev_runs_the_whole_stack_and_stops_cleanly(model_dir: Path, tmp_path: P
             dev.wait()
         if dev.stdout is not None:
             dev.stdout.close()
+
+
+@pytest.mark.stack
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_several_api_processes_report_metrics_that_add_up(tmp_path: Path) -> None:
+    stack = Stack()
+    try:
+        env = dict(os.environ) | settings_env(
+            redis_url=start_redis(stack, tmp_path),
+            api_workers=2,
+            result_store=f"file://{tmp_path}",
+        )
+        api = start_api(stack, env)
+        with closing(api.client):
+            _, parent = stack.children[-1]
+            # uvicorn's supervisor runs the API processes as its children (beside, maybe,
+            # multiprocessing's resource tracker).
+            poll(lambda: len(_children(parent.pid)) >= 2, "two API processes")
+            requests = 40
+            for _ in range(requests):
+                # A new connection each time, so the kernel spreads them over both processes.
+                assert httpx.get(f"{api.url}/v1/models").status_code == 200
+            listed = 'sd3serve_http_requests_total{route="/v1/models",status="200"}'
+            counts = []
+            for _ in range(6):
+                page = httpx.get(f"{api.url}/metrics").text
+                [line] = [line for line in page.splitlines() if line.startswith(listed)]
+                counts.append(float(line.split()[-1]))
+            # Whichever process answers a scrape, it reports both processes' requests.
+            assert counts == [requests] * 6
+    finally:
+        stack.stop()

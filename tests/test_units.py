@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
 
 from common.contract import GenerateRequest, ModelInfo, OutputFormat
 from common.jobstore import decode_record
-from common.results import LocalResultStore
 from service.client import output_paths
 from service.errors import InvalidParameter
 from service.params import parse_prefer_wait, resolve
-from worker.metrics import resolution_label
+from worker.metrics import JobLabels, resolution_label, steps_label
 
 SD3 = ModelInfo(
     id="sd3",
+    source="/models/sd3",
     pipeline="StableDiffusion3Pipeline",
     device="cuda",
     dtype="bfloat16",
@@ -43,6 +41,7 @@ def test_resolve_fills_model_defaults_and_picks_a_seed() -> None:
         7.0,
     )
     assert params.prompt == "a cat"
+    assert params.model == "sd3"
     assert 0 <= params.seed < 2**32
     assert params.output_format is OutputFormat.png
     seeds = {resolve(GenerateRequest(prompt="a"), SD3).seed for _ in range(20)}
@@ -105,10 +104,12 @@ def test_prefer_wait_refusals(header: str) -> None:
     assert err.value.field == "prefer"
 
 
-def test_resolution_label_is_bounded() -> None:
-    known = frozenset({"1024x1024", "64x64"})
-    assert resolution_label(1024, 1024, known) == "1024x1024"
-    assert resolution_label(1024, 1008, known) == "other"
+def test_metric_labels_are_bounded() -> None:
+    labels = JobLabels("sd3", frozenset({"1024x1024", "64x64"}), frozenset({"28", "4"}))
+    assert labels.of(1024, 1024, 28) == ("sd3", "1024x1024", "28")
+    assert labels.of(1024, 1008, 27) == ("sd3", "other", "other")
+    assert resolution_label(64, 64, labels.resolutions) == "64x64"
+    assert steps_label(4, labels.steps) == "4"
 
 
 def test_output_paths() -> None:
@@ -135,27 +136,3 @@ def test_record_timings_come_from_redis_timestamps() -> None:
     t = record.timings
     assert (t.queue_wait, t.inference, t.encode, t.total) == (0.5, 2.0, 0.25, 3.0)
     assert record.progress is not None and record.progress.step == 28
-
-
-def test_result_store_round_trip_and_purge(tmp_path: Path) -> None:
-    store = LocalResultStore(tmp_path)
-    job = "0123456789abcdef" * 2
-    store.put(job, 0, b"png-bytes", OutputFormat.png)
-    store.put(job, 1, b"jpeg-bytes", OutputFormat.jpeg)
-    image = store.get(job, 1)
-    assert image is not None and (image.data, image.content_type) == (b"jpeg-bytes", "image/jpeg")
-    assert store.get(job, 2) is None
-    assert not any(p.name.startswith(".tmp") for p in (tmp_path / job).iterdir())
-    assert store.purge_older_than(3600) == 0
-    old = time.time() - 7200
-    os.utime(tmp_path / job, (old, old))
-    assert store.purge_older_than(3600) == 1
-    assert store.get(job, 0) is None
-
-
-@pytest.mark.parametrize("job_id", ["../etc", "0123", "0123456789ABCDEF" * 2, "x" * 32])
-def test_result_store_refuses_paths_that_are_not_job_ids(tmp_path: Path, job_id: str) -> None:
-    store = LocalResultStore(tmp_path)
-    assert store.get(job_id, 0) is None
-    with pytest.raises(ValueError, match="not a job id"):
-        store.put(job_id, 0, b"x", OutputFormat.png)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Api
+from tests.harness import TINY_MODEL, Api
 from tests.helpers import submit
 
 pytestmark = pytest.mark.stack
@@ -15,6 +15,9 @@ OK: dict[str, Any] = {"prompt": "a red circle"}
 
 # (body overrides, field named in the error, words the message must contain)
 BAD_BODIES = [
+    ({"model": "sd3.5-large"}, "model", f"unknown model 'sd3.5-large'; known models: {TINY_MODEL}"),
+    ({"model": "../etc/passwd"}, "model", "should match pattern"),
+    ({"model": 3}, "model", "string"),
     ({"prompt": ""}, "prompt", "at least 1"),
     ({"prompt": "   \n\t "}, "prompt", "at least 1"),  # empty after trimming
     ({"prompt": "x" * 2001}, "prompt", "at most 2000"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +14,12 @@ from redis import Redis
 from rq import Queue
 
 from tests.harness import (
+    START_TIMEOUT_S,
+    TINY_MODEL,
     Deployment,
     deployment,
     poll,
+    settings_env,
     start_worker,
     worker_count,
 )
@@ -28,36 +32,68 @@ pytestmark = pytest.mark.stack
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Deployment]:
     """Redis and the API with no worker: each test starts the workers it needs."""
-    fast_failover = {
-        "HEARTBEAT_S": "1",  # a killed worker's heartbeat lapses within 3 s
-        "JOB_HEARTBEAT_S": "2",  # and its job counts as abandoned 2 s after its last step
-    }
+    fast_failover = settings_env(
+        heartbeat_s=1,  # a killed worker's heartbeat lapses within 3 s
+        job_heartbeat_s=2,  # and its job counts as abandoned 2 s after its last step
+    )
     with deployment(tmp_path_factory.mktemp("bare"), model_dir, fast_failover) as bare:
         yield bare
 
 
-def test_readiness_follows_the_worker(bare: Deployment) -> None:
+def first_answer(url: str) -> httpx.Response:
+    """The first reply of a server that is still starting, polled finely so it is early."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(url, timeout=5)
+        except httpx.TransportError:
+            time.sleep(0.02)
+    raise TimeoutError(f"{url} never answered")
+
+
+def test_readiness_allows_scale_to_zero(bare: Deployment) -> None:
     api = bare.api
+    # Ready as soon as Redis answers: Kubernetes keeps routing to the API with no GPU up.
     reply = api.client.get("/readyz")
-    assert reply.status_code == 503
-    assert reply.json() == {"ready": False, "redis": True, "workers": 0}
+    assert reply.status_code == 200
+    assert reply.json() == {"ready": True, "redis": True, "workers": 0}
+    # Before any worker has ever published a model there is nothing to queue for.
     refused = submit(api, prompt="too early")
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "not_ready"
     assert refused.headers["retry-after"] == "5"
-    assert api.client.get("/v1/models").status_code == 503
+    assert api.client.get("/v1/models").json() == {"object": "list", "data": []}
 
     worker = start_worker(bare.stack, bare.env, "lifecycle-a")
-    # Still loading torch and the pipeline: not ready yet.
-    assert api.client.get("/readyz").status_code == 503
-    poll(lambda: api.client.get("/readyz").status_code == 200, "the worker to be warm")
-    assert api.client.get("/readyz").json() == {"ready": True, "redis": True, "workers": 1}
+    # The worker's own probes: up while it loads, ready only once warm.
+    early = first_answer(f"{worker.metrics_url}/readyz")
+    assert early.status_code == 503
+    assert early.json() == {"warm": False, "redis": True}
+    assert httpx.get(f"{worker.metrics_url}/healthz").status_code == 200
+    poll(lambda: httpx.get(f"{worker.metrics_url}/readyz").status_code == 200, "a warm worker")
+    assert httpx.get(f"{worker.metrics_url}/readyz").json() == {"warm": True, "redis": True}
+    poll(lambda: worker_count(api) == 1, "the API to see the warm worker")
     assert submit(api, prefer="wait=60", prompt="now", steps=1).status_code == 200
 
     worker.process.terminate()  # a clean stop retires the heartbeat at once
     assert worker.process.wait(timeout=60) == 0
     assert worker_count(api) == 0
-    assert api.client.get("/readyz").status_code == 503
+    assert api.client.get("/readyz").status_code == 200
+
+    # The pool scaled to zero: the model stays known, and its jobs queue for the next worker.
+    queued = submit(api, prompt="for the next worker", steps=1)
+    assert queued.status_code == 202
+    assert queued.json()["status"] == "queued" and queued.json()["model"] == TINY_MODEL
+    card = api.client.get(f"/v1/models/{TINY_MODEL}").json()
+    assert (card["workers_ready"], card["queue_depth"]) == (0, 1)
+    metrics = api.client.get("/metrics").text
+    assert f'sd3serve_ready_workers{{model="{TINY_MODEL}"}} 0.0' in metrics
+    assert f'sd3serve_queue_depth{{model="{TINY_MODEL}"}} 1.0' in metrics
+
+    again = start_worker(bare.stack, bare.env, "lifecycle-a2")
+    assert wait_final(api, queued.json()["id"])["status"] == "succeeded"
+    again.process.terminate()
+    assert again.process.wait(timeout=60) == 0
 
 
 def test_accepted_job_survives_its_worker_dying(bare: Deployment) -> None:
@@ -144,7 +180,9 @@ def test_a_failed_generation_is_a_job_state(bare: Deployment, tmp_path: Path) ->
     api = bare.api
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("the result store cannot create job folders under a file")
-    worker = start_worker(bare.stack, bare.env | {"RESULTS_DIR": str(blocked)}, "lifecycle-d")
+    worker = start_worker(
+        bare.stack, bare.env | settings_env(result_store=f"file://{blocked}"), "lifecycle-d"
+    )
     poll(lambda: worker_count(api) == 1, "the worker with a broken result store")
 
     reply = submit(api, prefer="wait=60", prompt="cannot be stored", steps=2)
@@ -157,7 +195,8 @@ def test_a_failed_generation_is_a_job_state(bare: Deployment, tmp_path: Path) ->
     image = api.client.get(f"/v1/jobs/{job['id']}/images/0")
     assert image.status_code == 404 and image.json()["error"]["code"] == "image_not_found"
     scrape = httpx.get(f"{worker.metrics_url}/metrics").text
-    assert 'sd3serve_jobs_finished_total{status="failed"} 1.0' in scrape
+    failed = f'sd3serve_jobs_finished_total{{model="{TINY_MODEL}",status="failed"}} 1.0'
+    assert failed in scrape
 
     # The worker survives its failed job and serves the next one the same way.
     assert submit(api, prefer="wait=60", prompt="again", steps=1).json()["status"] == "failed"

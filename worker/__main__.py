@@ -1,3 +1,3 @@
-from worker.main import main
+from worker.entry import main
 
-main()
+raise SystemExit(main())

@@ -14,7 +14,7 @@ JPEG_QUALITY = 95
 WEBP_QUALITY = 90
 
 
-def image_parameters(params: GenerateParams, index: int, model: str) -> dict[str, object]:
+def image_parameters(params: GenerateParams, index: int) -> dict[str, object]:
     """The parameters that reproduce image `index` on its own (its seed is seed + index)."""
     return {
         "prompt": params.prompt,
@@ -24,7 +24,7 @@ def image_parameters(params: GenerateParams, index: int, model: str) -> dict[str
         "steps": params.steps,
         "guidance_scale": params.guidance_scale,
         "seed": params.seed + index,
-        "model": model,
+        "model": params.model,
     }
 
 

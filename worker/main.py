@@ -6,13 +6,17 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import torch
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, get_current_job
 from rq.job import Job
 
+from common import keys, workers
+from common.contract import ModelInfo
 from worker import metrics, tasks
 from worker.pipeline import WarmPipeline
 from worker.runner import JobRunner
@@ -23,6 +27,8 @@ log = logging.getLogger("sd3serve.worker")
 
 # How long an idle worker blocks on the queue before it looks at its stop flag again.
 IDLE_POLL_S = 1
+# How often a worker deletes images older than the result TTL.
+PURGE_EVERY_S = 600
 
 
 class WarmWorker(SimpleWorker):
@@ -90,47 +96,76 @@ class WarmWorker(SimpleWorker):
 
 
 class Heartbeat:
-    """Tells the API this worker is warm, and purges expired results while it is at it."""
+    """Keeps this worker counted as warm and its model's record in Redis, and purges results.
 
-    def __init__(self, settings: WorkerSettings, store: WorkerJobStore) -> None:
+    Each beat rewrites the model record, so a Redis that lost it (a restart without
+    persistence, a flush) has it back within one period, and jobs for the model are accepted
+    again without restarting any worker.
+    """
+
+    def __init__(self, settings: WorkerSettings, redis: Redis, info: ModelInfo) -> None:
         self.settings = settings
-        self.store = store
+        self.redis = redis
+        self.info = info
+        self.results = settings.open_results()
+        self._beat = redis.register_script(workers.BEAT)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        ttl = max(2, int(self.settings.heartbeat_s * 3))  # lapses after three missed beats
+        keys, args = workers.beat_call(self.settings.worker_name, ttl, self.info)
+        self._beat(keys=keys, args=args)
 
     def start(self) -> None:
         self.thread.start()
 
     def _loop(self) -> None:
-        period = self.settings.heartbeat_s
-        ttl = max(2, int(period * 3))
-        last_purge = 0.0
-        while not self.stopped.is_set():
+        last_purge = float("-inf")
+        while not self.stopped.wait(self.settings.heartbeat_s):
             try:
-                self.store.heartbeat(self.settings.worker_name, ttl)
-                if time.monotonic() - last_purge > 600:
-                    self.settings.result_store().purge_older_than(self.settings.result_ttl_s)
+                self.beat()
+                if time.monotonic() - last_purge > PURGE_EVERY_S:
+                    self.results.purge_older_than(self.settings.result_ttl_s)
                     last_purge = time.monotonic()
-            except Exception:  # a Redis blip must not kill the heartbeat for good
+            except Exception:  # a Redis or store blip must not kill the heartbeat for good
                 log.exception("heartbeat failed")
-            self.stopped.wait(period)
 
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(timeout=5)
-        self.store.retire(self.settings.worker_name)
+        try:
+            self.redis.zrem(keys.workers(self.info.id), self.settings.worker_name)
+        except RedisError:
+            log.warning("could not retire this worker's heartbeat; it lapses by itself")
+
+
+def _redis_answers(redis: Redis) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return bool(redis.ping())
+        except RedisError:
+            return False
+
+    return check
 
 
 def run(settings: WorkerSettings) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    ready = threading.Event()
-    server = metrics.start_http_server(settings.metrics_host, settings.metrics_port, ready)
+    name = settings.served_name
+    redis = Redis.from_url(str(settings.redis_url), decode_responses=True)
+    # The probe's own client: a short timeout, so a stalled Redis fails /readyz, not the prober.
+    probe = Redis.from_url(str(settings.redis_url), socket_timeout=1, socket_connect_timeout=1)
+    warm = threading.Event()
+    server = metrics.start_http_server(
+        settings.metrics_host, settings.metrics_port, warm, _redis_answers(probe)
+    )
     # A wildcard bind is not an address anyone can dial; advertise the host name instead.
     host = settings.metrics_host
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
     metrics_url = f"http://{shown}:{server.server_port}/metrics"
-    log.info("worker %s metrics on %s", settings.worker_name, metrics_url)
+    log.info("worker %s of model %s: metrics on %s", settings.worker_name, name, metrics_url)
 
     started = time.perf_counter()
     pipeline = WarmPipeline(settings)
@@ -141,12 +176,10 @@ def run(settings: WorkerSettings) -> None:
         pipeline.warm_up()
         metrics.WARMUP.set(time.perf_counter() - started)
 
-    store = WorkerJobStore(
-        Redis.from_url(str(settings.redis_url), decode_responses=True), settings.result_ttl_s
-    )
+    store = WorkerJobStore(redis, settings.result_ttl_s)
     rq_redis = Redis.from_url(str(settings.redis_url))  # RQ wants raw bytes
     worker = WarmWorker(
-        [Queue(settings.queue_name, connection=rq_redis)],
+        [Queue(keys.queue_name(name), connection=rq_redis)],
         connection=rq_redis,
         name=settings.worker_name,
         maintenance_interval=settings.maintenance_interval_s,
@@ -157,27 +190,25 @@ def run(settings: WorkerSettings) -> None:
     runner = JobRunner(
         pipeline,
         store,
-        settings.result_store(),
-        settings.resolution_labels(),
+        settings.open_results(),
+        metrics.JobLabels(name, settings.resolution_labels(), settings.step_labels()),
         keep_alive=lambda: worker.keep_alive(settings.job_heartbeat_s),
     )
     tasks.install(runner)
-    store.publish_model(pipeline.info)
 
-    heartbeat = Heartbeat(settings, store)
-    ready.set()
-    metrics.READY.set(1)
+    heartbeat = Heartbeat(settings, redis, pipeline.info)
+    heartbeat.beat()  # publish the model before announcing readiness
+    warm.set()
+    metrics.READY.labels(name).set(1)
     heartbeat.start()
-    print(f"sd3-serve worker {settings.worker_name} ready; metrics at {metrics_url}", flush=True)
+    print(
+        f"sd3-serve worker {settings.worker_name} ready, serving {name}; metrics at {metrics_url}",
+        flush=True,
+    )
     try:
         worker.work(logging_level="WARNING")
     finally:
-        ready.clear()
-        metrics.READY.set(0)
+        warm.clear()
+        metrics.READY.labels(name).set(0)
         heartbeat.stop()
         server.shutdown()
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(WorkerSettings())

@@ -19,9 +19,9 @@ from common.contract import (
     GenerateParams,
     ModelInfo,
     OutputFormat,
-    serving_defaults,
+    ServingDefaults,
 )
-from worker.settings import BUNDLED, WorkerSettings
+from worker.settings import BUNDLED, BUNDLED_MODEL_DIR, WorkerSettings
 
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, total); may raise to abort the job."""
@@ -41,20 +41,14 @@ def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
     ]
 
 
-# Trained by `python -m training all --out worker/models/sd3-scenes` (docs/training.md).
-BUNDLED_MODEL_DIR = Path(__file__).parent / "models" / "sd3-scenes"
-
-
 def resolve_model(settings: WorkerSettings) -> str:
     """The path or hub id to load."""
-    if settings.model != BUNDLED:
-        return settings.model
-    if not (BUNDLED_MODEL_DIR / "model_index.json").is_file():
+    if settings.model == BUNDLED and not (BUNDLED_MODEL_DIR / "model_index.json").is_file():
         raise FileNotFoundError(
             f"the bundled model is missing from {BUNDLED_MODEL_DIR}; reinstall sd3-serve or "
-            "set MODEL to a diffusers folder"
+            "set SD3SERVE_MODEL to a diffusers folder"
         )
-    return str(BUNDLED_MODEL_DIR)
+    return settings.model_path
 
 
 class WarmPipeline:
@@ -70,15 +64,13 @@ class WarmPipeline:
         pipe = StableDiffusion3Pipeline.from_pretrained(model, dtype=self.dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
-        defaults = serving_defaults(Path(model))
+        defaults = ServingDefaults.load(Path(model))
         # T5 and the joint attention both see the padding, so a model must be called with the
         # context length it was trained with.
-        self.max_sequence_length = int(
-            defaults.get("max_sequence_length", PIPELINE_MAX_SEQUENCE_LENGTH)
-        )
+        self.max_sequence_length = defaults.max_sequence_length or PIPELINE_MAX_SEQUENCE_LENGTH
         self.info = self._describe(settings, defaults)
 
-    def _describe(self, settings: WorkerSettings, defaults: dict[str, Any]) -> ModelInfo:
+    def _describe(self, settings: WorkerSettings, defaults: ServingDefaults) -> ModelInfo:
         pipe = self.pipe
         config = pipe.transformer.config
         multiple = pipe.vae_scale_factor * config.patch_size
@@ -93,7 +85,8 @@ class WarmPipeline:
             if enc is not None
         ]
         return ModelInfo(
-            id=settings.model,
+            id=settings.served_name,
+            source=settings.model,
             pipeline=type(pipe).__name__,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
@@ -102,9 +95,11 @@ class WarmPipeline:
             max_size=max_side,
             default_width=default_side,
             default_height=default_side,
-            default_steps=int(defaults.get("default_steps", settings.default_steps)),
-            default_guidance_scale=float(
-                defaults.get("default_guidance_scale", settings.default_guidance_scale)
+            default_steps=defaults.default_steps or settings.default_steps,
+            default_guidance_scale=(
+                settings.default_guidance_scale
+                if defaults.default_guidance_scale is None
+                else defaults.default_guidance_scale
             ),
             scheduler=type(pipe.scheduler).__name__,
             scheduler_shift=float(pipe.scheduler.config.get("shift", 1.0)),
@@ -145,6 +140,7 @@ class WarmPipeline:
         info = self.info
         self.generate(
             GenerateParams(
+                model=info.id,
                 prompt="warm-up",
                 negative_prompt="",
                 width=info.min_size,

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL.Image import Image
 
 from common.contract import GenerateParams, JobStatus, Timings
+from common.jobstore import Outcome
 from common.results import ResultStore
 from worker import metrics
 from worker.encode import encode, image_parameters
@@ -30,59 +31,68 @@ class JobRunner:
         pipeline: WarmPipeline,
         store: WorkerJobStore,
         results: ResultStore,
-        resolutions: frozenset[str],
+        labels: metrics.JobLabels,
         keep_alive: Callable[[], None],
     ) -> None:
         self.pipeline = pipeline
         self.store = store
         self.results = results
-        self.resolutions = resolutions
+        self.labels = labels
         self.keep_alive = keep_alive
         # PIL releases the GIL while compressing, so a job's images encode side by side.
         self.encoder = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encode")
 
     def run(self, job_id: str) -> str:
         state = self.store.start(job_id)
-        if state != JobStatus.running:
+        if state is not Outcome.running:
             log.info("job %s not started: it is %s", job_id, state)
             return state
         record = self.store.get(job_id)
         if record is None:  # expired between start and read
-            return "missing"
+            return Outcome.missing
         params = record.params
-        resolution = metrics.resolution_label(params.width, params.height, self.resolutions)
+        labels = self.labels.of(params.width, params.height, params.steps)
+        model, resolution, _ = labels
         timings = Timings()
         try:
+            if params.model != model:
+                # The API queues a job on its model's own queue; anything else is a bug.
+                raise RuntimeError(f"job for model {params.model!r} reached a {model!r} worker")
             started = time.perf_counter()
-            images = self.pipeline.generate(params, self._step_callback(job_id, resolution))
+            images = self.pipeline.generate(params, self._step_callback(job_id, model, resolution))
             timings.inference = time.perf_counter() - started
             started = time.perf_counter()
             self._store_images(job_id, params, images)
             timings.encode = time.perf_counter() - started
-            metrics.ENCODE.labels(resolution).observe(timings.encode)
+            metrics.ENCODE.labels(model, resolution).observe(timings.encode)
         except JobCanceled:
-            status = JobStatus.canceled
-            self.store.finish(
-                job_id, status, timings=timings, error="canceled by the client while running"
+            outcome = self.store.finish(
+                job_id,
+                JobStatus.canceled,
+                timings=timings,
+                error="canceled by the client while running",
             )
         except Exception as exc:  # a failed generation is a job state, reported to the client
             log.exception("job %s failed", job_id)
-            status = JobStatus.failed
-            self.store.finish(job_id, status, timings=timings, error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            outcome = self.store.finish(job_id, JobStatus.failed, timings=timings, error=error)
         else:
-            status = JobStatus.succeeded
-            self.store.finish(job_id, status, timings=timings, image_count=len(images))
-        self._observe(job_id, status, resolution, params)
-        return status.value
+            outcome = self.store.finish(
+                job_id, JobStatus.succeeded, timings=timings, image_count=len(images)
+            )
+        # The first finish wins: a job the API already failed, or one that expired, keeps that.
+        if outcome.status is not None:
+            self._observe(job_id, outcome.status, labels)
+        return outcome.value
 
-    def _step_callback(self, job_id: str, resolution: str) -> StepCallback:
+    def _step_callback(self, job_id: str, model: str, resolution: str) -> StepCallback:
         last = time.perf_counter()
         last_alive = float("-inf")  # the first step renews at once
 
         def on_step(step: int, total: int) -> None:
             nonlocal last, last_alive
             now = time.perf_counter()
-            metrics.STEP.labels(resolution).observe(now - last)
+            metrics.STEP.labels(model, resolution).observe(now - last)
             last = now
             if now - last_alive >= KEEP_ALIVE_EVERY_S:
                 self.keep_alive()  # so RQ knows the job is still denoising
@@ -94,7 +104,7 @@ class JobRunner:
 
     def _store_images(self, job_id: str, params: GenerateParams, images: list[Image]) -> None:
         def encode_and_store(index: int) -> None:
-            parameters = image_parameters(params, index, self.pipeline.info.id)
+            parameters = image_parameters(params, index)
             data = encode(images[index], params.output_format, parameters)
             self.results.put(job_id, index, data, params.output_format)
 
@@ -102,18 +112,15 @@ class JobRunner:
         for future in [self.encoder.submit(encode_and_store, i) for i in range(len(images))]:
             future.result()
 
-    def _observe(
-        self, job_id: str, status: JobStatus, resolution: str, params: GenerateParams
-    ) -> None:
-        metrics.JOBS_FINISHED.labels(status.value).inc()
+    def _observe(self, job_id: str, status: JobStatus, labels: tuple[str, str, str]) -> None:
+        metrics.JOBS_FINISHED.labels(labels[0], status.value).inc()
         record = self.store.get(job_id)
         if record is None:
             return
-        steps = str(params.steps)
         t = record.timings
         if t.total is not None:
-            metrics.JOB_LATENCY.labels(resolution, steps).observe(t.total)
+            metrics.JOB_LATENCY.labels(*labels).observe(t.total)
         if t.queue_wait is not None:
-            metrics.QUEUE_WAIT.labels(resolution, steps).observe(t.queue_wait)
+            metrics.QUEUE_WAIT.labels(*labels).observe(t.queue_wait)
         if t.inference is not None:
-            metrics.INFERENCE.labels(resolution, steps).observe(t.inference)
+            metrics.INFERENCE.labels(*labels).observe(t.inference)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from common.contract import MAX_STEPS, MODEL_NAME, MODEL_NAME_PATTERN
 from common.settings import CommonSettings
 
 BUNDLED = "bundled"
+# Trained by `python -m training all --out worker/models/sd3-scenes` (docs/training.md).
+BUNDLED_MODEL_DIR = Path(__file__).parent / "models" / "sd3-scenes"
 
 # SD3's ~1 megapixel aspect-ratio buckets, the square sizes people ask for, and the small sizes
 # the bundled model serves. Anything else is labelled "other" to keep metric labels bounded.
@@ -18,6 +22,8 @@ DEFAULT_RESOLUTIONS = (
     "1024x1024,1152x896,896x1152,1216x832,832x1216,1344x768,768x1344,1536x640,640x1536,"
     "512x512,768x768,64x64,128x128,256x256"
 )
+# The step counts people use; others are labelled "other", for the same reason.
+DEFAULT_STEP_LABELS = "1,2,4,8,12,20,28,30,40,50"
 
 
 def _default_worker_name() -> str:
@@ -32,6 +38,14 @@ class WorkerSettings(CommonSettings):
             "'bundled' for the small scene model trained in-house and shipped in the package."
         ),
     )
+    model_name: str | None = Field(
+        default=None,
+        pattern=MODEL_NAME_PATTERN,
+        description=(
+            "The name clients ask for and the model's queue is named by; default: the folder's "
+            "(or hub id's) last part, `sd3-scenes` for the bundled model."
+        ),
+    )
     torch_device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
@@ -42,16 +56,24 @@ class WorkerSettings(CommonSettings):
     )
     drop_t5: bool = Field(default=False, description="Skip the T5 encoder to save memory.")
     default_steps: int = Field(
-        default=28, ge=1, le=100, description="Steps when neither request nor model sets them."
+        default=28,
+        ge=1,
+        le=MAX_STEPS,
+        description="Steps when neither request nor model sets them.",
     )
     default_guidance_scale: float = Field(
         default=7.0, ge=0, le=20, description="Guidance when neither request nor model sets it."
     )
     warmup: bool = Field(default=True, description="Run one small generation before serving.")
-    metrics_host: str = Field(default="0.0.0.0", description="Address of /metrics and /healthz.")
+    metrics_host: str = Field(
+        default="0.0.0.0", description="Address of /metrics, /healthz and /readyz."
+    )
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="0 picks a free port.")
     metrics_resolutions: str = Field(
         default=DEFAULT_RESOLUTIONS, description="Comma-separated WxH labels kept in metrics."
+    )
+    metrics_steps: str = Field(
+        default=DEFAULT_STEP_LABELS, description="Comma-separated step counts kept in metrics."
     )
     heartbeat_s: float = Field(default=5.0, gt=0, le=60, description="Heartbeat period.")
     job_heartbeat_s: int = Field(
@@ -65,7 +87,11 @@ class WorkerSettings(CommonSettings):
     maintenance_interval_s: int = Field(
         default=60, ge=1, description="How often a worker looks for abandoned jobs."
     )
-    worker_name: str = Field(default_factory=_default_worker_name, min_length=1)
+    worker_name: str = Field(
+        default_factory=_default_worker_name,
+        min_length=1,
+        description="Unique worker name; default `<hostname>-<pid>`.",
+    )
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch.")
 
     @field_validator("metrics_resolutions")
@@ -74,8 +100,40 @@ class WorkerSettings(CommonSettings):
         for item in value.split(","):
             w, sep, h = item.strip().partition("x")
             if not (sep and w.isdigit() and h.isdigit()):
-                raise ValueError(f"expected WxH entries like 1024x1024, got {item!r}")
+                raise ValueError(f"expected WxH entries like 1024x1024, got {item.strip()!r}")
         return value
+
+    @field_validator("metrics_steps")
+    @classmethod
+    def _check_steps(cls, value: str) -> str:
+        for item in value.split(","):
+            if not item.strip().isdigit():
+                raise ValueError(f"expected whole step counts like 28, got {item.strip()!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_served_name(self) -> WorkerSettings:
+        if not MODEL_NAME.match(self.served_name):
+            raise ValueError(
+                f"the model's name {self.served_name!r}, taken from SD3SERVE_MODEL, is not a "
+                f"valid name ({MODEL_NAME_PATTERN}): set SD3SERVE_MODEL_NAME"
+            )
+        return self
+
+    @property
+    def model_path(self) -> str:
+        """The folder or hub id to load."""
+        return str(BUNDLED_MODEL_DIR) if self.model == BUNDLED else self.model
+
+    @property
+    def served_name(self) -> str:
+        """The model's name: SD3SERVE_MODEL_NAME, else the last part of the folder or hub id."""
+        if self.model_name:
+            return self.model_name
+        return Path(self.model_path.rstrip("/")).name
 
     def resolution_labels(self) -> frozenset[str]:
         return frozenset(item.strip() for item in self.metrics_resolutions.split(","))
+
+    def step_labels(self) -> frozenset[str]:
+        return frozenset(str(int(item)) for item in self.metrics_steps.split(","))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from service.schemas import JobLinks, JobResponse
 from service.service import GenerationService, JobView
@@ -13,19 +15,26 @@ def get_service(request: Request) -> GenerationService:
     return service
 
 
-async def existing_job(job_id: str, request: Request) -> JobView:
-    return await get_service(request).get(job_id)
+Service = Annotated[GenerationService, Depends(get_service)]
+"""The one declaration of the service dependency, for every route."""
 
 
-def job_response(view: JobView, request: Request) -> JobResponse:
+async def existing_job(job_id: str, service: Service) -> JobView:
+    return await service.get(job_id)
+
+
+def job_response(view: JobView, request: Request, service: GenerationService) -> JobResponse:
     record = view.record
-    images = [
-        str(request.url_for("get_image", job_id=record.id, index=i))
-        for i in range(record.image_count)
-    ]
+    images = service.presigned_image_urls(record)
+    if images is None:
+        images = [
+            str(request.url_for("get_image", job_id=record.id, index=i))
+            for i in range(record.image_count)
+        ]
     return JobResponse(
         id=record.id,
         status=record.status,
+        model=record.params.model,
         queue_position=view.queue_position,
         progress=record.progress,
         params=record.params,

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 
 from common.contract import GenerateRequest
 from service.params import parse_prefer_wait
-from service.routes.deps import get_service, job_response
+from service.routes.deps import Service, job_response
 from service.schemas import ErrorResponse, JobResponse
-from service.service import GenerationService, JobView
+from service.service import JobView
 
 PREFER_WAIT_MAX_S = 60
 
@@ -21,9 +21,15 @@ router = APIRouter(prefix="/v1", tags=["generate"])
     response_model=JobResponse,
     responses={
         200: {"model": JobResponse, "description": "Finished within the `Prefer: wait` time."},
-        422: {"model": ErrorResponse, "description": "A parameter is out of bounds."},
-        429: {"model": ErrorResponse, "description": "The queue is full."},
-        503: {"model": ErrorResponse, "description": "No worker has loaded a model yet."},
+        422: {
+            "model": ErrorResponse,
+            "description": "A parameter is out of bounds, or the model is unknown.",
+        },
+        429: {"model": ErrorResponse, "description": "The model's queue is full."},
+        503: {
+            "model": ErrorResponse,
+            "description": "No worker has published a model yet, or Redis is unreachable.",
+        },
     },
     summary="Queue an image generation job",
 )
@@ -31,7 +37,7 @@ async def generate(
     body: GenerateRequest,
     request: Request,
     response: Response,
-    service: Annotated[GenerationService, Depends(get_service)],
+    service: Service,
     prefer: Annotated[
         str | None,
         Header(
@@ -51,4 +57,4 @@ async def generate(
         if view.record.status.terminal:
             response.status_code = 200
     response.headers["Location"] = str(request.url_for("get_job", job_id=record.id))
-    return job_response(view, request)
+    return job_response(view, request, service)

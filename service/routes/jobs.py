@@ -7,13 +7,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from service.routes.deps import existing_job, get_service, job_response
+from common.contract import MAX_IMAGES
+from service.routes.deps import Service, existing_job, job_response
 from service.schemas import ErrorResponse, JobResponse
-from service.service import GenerationService, JobView
+from service.service import JobView
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-Service = Annotated[GenerationService, Depends(get_service)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such job (or it expired)."}
 }
@@ -21,7 +21,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 @router.get("/{job_id}", response_model=JobResponse, responses=NOT_FOUND, summary="A job's state")
 async def get_job(job_id: str, request: Request, service: Service) -> JobResponse:
-    return job_response(await service.get(job_id), request)
+    return job_response(await service.get(job_id), request, service)
 
 
 @router.get(
@@ -55,7 +55,7 @@ async def cancel_job(
     view = await service.cancel(job_id)
     if not view.record.status.terminal:
         response.status_code = 202
-    return job_response(view, request)
+    return job_response(view, request, service)
 
 
 @router.get(
@@ -69,12 +69,14 @@ async def cancel_job(
 )
 async def get_image(
     job_id: str,
-    index: Annotated[int, PathParam(ge=0, le=3, description="Image index, 0-based.")],
+    index: Annotated[int, PathParam(ge=0, le=MAX_IMAGES - 1, description="Image index, 0-based.")],
     service: Service,
 ) -> Response:
     image = await service.image(job_id, index)
+    # An image never changes, and is kept as long as its job.
+    max_age = service.settings.result_ttl_s
     return Response(
         image.data,
         media_type=image.content_type,
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
+        headers={"Cache-Control": f"private, max-age={max_age}, immutable"},
     )

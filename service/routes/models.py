@@ -1,22 +1,27 @@
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from common.contract import ModelInfo
-from service.routes.deps import get_service
-from service.schemas import ErrorResponse
-from service.service import GenerationService
+from service.routes.deps import Service
+from service.schemas import ErrorResponse, ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get(
     "/models",
-    response_model=ModelInfo,
-    responses={503: {"model": ErrorResponse, "description": "No worker has loaded a model yet."}},
-    summary="The model the workers serve, with its limits and defaults",
+    response_model=ModelList,
+    summary="The known models, with their limits, defaults, warm workers and queue depth",
 )
-async def get_model(service: Annotated[GenerationService, Depends(get_service)]) -> ModelInfo:
-    return await service.model()
+async def list_models(service: Service) -> ModelList:
+    return ModelList(data=await service.list_models())
+
+
+@router.get(
+    "/models/{model_id}",
+    response_model=ModelCard,
+    responses={404: {"model": ErrorResponse, "description": "No such model."}},
+    summary="One model",
+)
+async def get_model(model_id: str, service: Service) -> ModelCard:
+    return await service.get_model(model_id)
