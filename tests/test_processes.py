@@ -235,7 +235,6 @@ def test_dev_runs_the_whole_stack_and_stops_cleanly(model_dir: Path, tmp_path: P
         children = _children(dev.pid)
         assert len(children) == 3  # redis-server, the worker, the API
 
-
         reply = httpx.post(
             f"http://127.0.0.1:{port}/v1/generate",
             json={"prompt": "x", "steps": 2},
