@@ -12,9 +12,10 @@ from redis.asyncio import Redis as AsyncRedis
 from common.settings import load_settings
 from service.errors import install_error_handlers
 from service.metrics import HttpMetricsMiddleware
+from service.openapi import install_openapi, operation_id
 from service.queue import JobQueue
 from service.registry import ModelRegistry
-from service.routes import generate, health, jobs, models
+from service.routes import generate, health, images, jobs, models
 from service.service import GenerationService
 from service.settings import ApiSettings
 from service.store import ApiJobStore
@@ -54,9 +55,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await redis.aclose()
             rq_redis.close()
 
-    app = FastAPI(title="sd3-serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="sd3-serve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+    )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(HttpMetricsMiddleware)
-    for module in (generate, jobs, models, health):
+    for module in (generate, jobs, models, images, health):
         app.include_router(module.router)
     return app

@@ -2,13 +2,83 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.contract import GenerateParams, JobStatus, ModelInfo, Progress, Timings
 
 OWNED_BY = "sd3-serve"
+
+# Examples for the OpenAPI document: one consistent story, a finished job on the bundled model.
+EXAMPLE_JOB_ID = "3f2c8a9e5b7d4c1e8a6f0b2d4c6e8a0f"
+EXAMPLE_JOB_URL = f"http://127.0.0.1:8000/v1/jobs/{EXAMPLE_JOB_ID}"
+EXAMPLE_ERROR: dict[str, Any] = {
+    "error": {
+        "code": "invalid_parameter",
+        "message": "width: Input should be less than or equal to 4096",
+        "field": "width",
+        "details": [{"field": "width", "message": "Input should be less than or equal to 4096"}],
+    }
+}
+EXAMPLE_JOB: dict[str, Any] = {
+    "id": EXAMPLE_JOB_ID,
+    "status": "succeeded",
+    "model": "sd3-scenes",
+    "queue_position": None,
+    "progress": {"step": 28, "total": 28},
+    "params": {
+        "model": "sd3-scenes",
+        "prompt": "a small red circle in the center on a white background",
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": 28,
+        "guidance_scale": 2.0,
+        "seed": 42,
+        "num_images": 1,
+        "output_format": "png",
+    },
+    "timings": {"queue_wait": 0.012, "inference": 1.84, "encode": 0.004, "total": 1.87},
+    "error": None,
+    "cancel_requested": False,
+    "attempts": 1,
+    "created_at": 1767225600.0,
+    "finished_at": 1767225601.87,
+    "links": {
+        "self": EXAMPLE_JOB_URL,
+        "events": f"{EXAMPLE_JOB_URL}/events",
+        "images": [f"{EXAMPLE_JOB_URL}/images/0"],
+    },
+}
+EXAMPLE_MODEL: dict[str, Any] = {
+    "object": "model",
+    "id": "sd3-scenes",
+    "created": 1767225000,
+    "owned_by": OWNED_BY,
+    "source": "bundled",
+    "pipeline": "StableDiffusion3Pipeline",
+    "device": "cpu",
+    "dtype": "float32",
+    "size_multiple": 4,
+    "min_size": 64,
+    "max_size": 256,
+    "default_width": 64,
+    "default_height": 64,
+    "default_steps": 28,
+    "default_guidance_scale": 2.0,
+    "max_steps": 100,
+    "max_num_images": 4,
+    "scheduler": "FlowMatchEulerDiscreteScheduler",
+    "scheduler_shift": 3.0,
+    "text_encoders": [
+        "CLIPTextModelWithProjection",
+        "CLIPTextModelWithProjection",
+        "T5EncoderModel",
+    ],
+    "workers_ready": 1,
+    "queue_depth": 0,
+}
 
 
 class FieldError(BaseModel):
@@ -24,14 +94,16 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every error the API returns has this shape."""
+    """Every error of this API has this shape (the OpenAI-compatible route answers in OpenAI's)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_ERROR]})
 
     error: ErrorBody
 
 
 class JobLinks(BaseModel):
-    self: str
-    events: str
+    self: str = Field(description="This job: GET for its state, DELETE to cancel it.")
+    events: str = Field(description="The job's Server-Sent Events.")
     images: list[str] = Field(
         default_factory=list,
         description=(
@@ -42,6 +114,10 @@ class JobLinks(BaseModel):
 
 
 class JobResponse(BaseModel):
+    """A job: its state, the parameters it runs with, its timings and its links."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_JOB]})
+
     id: str
     status: JobStatus
     model: str = Field(description="The model that runs (or ran) the job.")
@@ -62,6 +138,8 @@ class JobResponse(BaseModel):
 class ModelCard(ModelInfo):
     """One served model: OpenAI's model object, plus this service's limits and availability."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_MODEL]})
+
     object: Literal["model"] = "model"
     created: int = Field(description="Unix time a worker first published this model.")
     owned_by: str = OWNED_BY
@@ -70,11 +148,23 @@ class ModelCard(ModelInfo):
 
 
 class ModelList(BaseModel):
+    """The known models, in OpenAI's list shape."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"object": "list", "data": [EXAMPLE_MODEL]}]}
+    )
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
 class ReadyResponse(BaseModel):
+    """The API's readiness: Redis answers (warm workers are counted, not required)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ready": True, "redis": True, "workers": 1}]}
+    )
+
     ready: bool = Field(description="Redis answers: the API can accept jobs.")
     redis: bool
     workers: int = Field(
@@ -83,4 +173,8 @@ class ReadyResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    """The process is up."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
     status: str = "ok"

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from common.jobstore import JobRecord
 from service.schemas import JobLinks, JobResponse
 from service.service import GenerationService, JobView
 
@@ -23,14 +24,19 @@ async def existing_job(job_id: str, service: Service) -> JobView:
     return await service.get(job_id)
 
 
+def image_links(record: JobRecord, request: Request, service: GenerationService) -> list[str]:
+    """The job's image URLs: presigned when so configured, else the API's image route."""
+    presigned = service.presigned_image_urls(record)
+    if presigned is not None:
+        return presigned
+    return [
+        str(request.url_for("get_image", job_id=record.id, index=i))
+        for i in range(record.image_count)
+    ]
+
+
 def job_response(view: JobView, request: Request, service: GenerationService) -> JobResponse:
     record = view.record
-    images = service.presigned_image_urls(record)
-    if images is None:
-        images = [
-            str(request.url_for("get_image", job_id=record.id, index=i))
-            for i in range(record.image_count)
-        ]
     return JobResponse(
         id=record.id,
         status=record.status,
@@ -46,7 +52,7 @@ def job_response(view: JobView, request: Request, service: GenerationService) ->
         finished_at=record.finished_at,
         links=JobLinks(
             self=str(request.url_for("get_job", job_id=record.id)),
-            events=str(request.url_for("job_events", job_id=record.id)),
-            images=images,
+            events=str(request.url_for("stream_job_events", job_id=record.id)),
+            images=image_links(record, request, service),
         ),
     )

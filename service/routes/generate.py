@@ -5,12 +5,28 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 
 from common.contract import GenerateRequest
+from service.openapi import error
 from service.params import parse_prefer_wait
 from service.routes.deps import Service, job_response
-from service.schemas import ErrorResponse, JobResponse
+from service.schemas import EXAMPLE_JOB_URL, JobResponse
 from service.service import JobView
 
 PREFER_WAIT_MAX_S = 60
+
+# The headers of an accepted job (202 queued or running, 200 finished).
+ACCEPTED_HEADERS = {
+    "Location": {
+        "description": "The job's URL (`links.self`).",
+        "required": True,
+        "schema": {"type": "string", "format": "uri"},
+        "example": EXAMPLE_JOB_URL,
+    },
+    "Preference-Applied": {
+        "description": "`wait=N`, echoed when the request's `Prefer: wait=N` was honoured.",
+        "schema": {"type": "string"},
+        "example": "wait=60",
+    },
+}
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
@@ -19,17 +35,33 @@ router = APIRouter(prefix="/v1", tags=["generate"])
     "/generate",
     status_code=202,
     response_model=JobResponse,
+    response_description="Queued (or running, when `Prefer: wait` ran out): the job.",
     responses={
-        200: {"model": JobResponse, "description": "Finished within the `Prefer: wait` time."},
-        422: {
-            "model": ErrorResponse,
-            "description": "A parameter is out of bounds, or the model is unknown.",
+        200: {
+            "model": JobResponse,
+            "description": "Finished within the `Prefer: wait` time: the final job.",
+            "headers": ACCEPTED_HEADERS,
         },
-        429: {"model": ErrorResponse, "description": "The model's queue is full."},
-        503: {
-            "model": ErrorResponse,
-            "description": "No worker has published a model yet, or Redis is unreachable.",
-        },
+        202: {"headers": ACCEPTED_HEADERS},
+        422: error(
+            "A parameter is out of bounds, the `Prefer` header is malformed, or the model is "
+            "unknown; `error.field` names the field.",
+            "invalid_parameter",
+            "width: Input should be less than or equal to 4096",
+            "width",
+            "Input should be less than or equal to 4096",
+        ),
+        429: error(
+            "The model's queue is full; retry after `Retry-After` seconds.",
+            "queue_full",
+            "100 jobs are queued for sd3-scenes, the most this service accepts; retry later",
+        ),
+        503: error(
+            "No worker has published a model yet, or Redis is unreachable; retry after "
+            "`Retry-After` seconds.",
+            "not_ready",
+            "no worker has published a model yet; retry shortly",
+        ),
     },
     summary="Queue an image generation job",
 )
@@ -48,6 +80,13 @@ async def generate(
         ),
     ] = None,
 ) -> JobResponse:
+    """Validate a prompt job against its model's limits and queue it for that model.
+
+    Fields left out take the model's defaults; the job's `params` report what it runs with,
+    the seed included. The answer is 202 with the job and its `Location`; with `Prefer: wait=N`
+    the request is held up to N seconds and answers 200 with the finished job if it ends in
+    time (a failed generation is a job state, not an HTTP error).
+    """
     wait_s = parse_prefer_wait(prefer, PREFER_WAIT_MAX_S)
     record = await service.submit(body)
     view = JobView(record)

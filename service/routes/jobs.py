@@ -7,32 +7,89 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from common.contract import MAX_IMAGES
+from common.contract import MAX_IMAGES, OutputFormat
+from service.openapi import BINARY, error
 from service.routes.deps import Service, existing_job, job_response
-from service.schemas import ErrorResponse, JobResponse
+from service.schemas import EXAMPLE_JOB_ID, JobResponse
 from service.service import JobView
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "No such job (or it expired)."}
-}
+JOB_NOT_FOUND = error(
+    "No such job (or it expired).",
+    "job_not_found",
+    f"no job '{EXAMPLE_JOB_ID}'; jobs are kept for 86400 s",
+)
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: JOB_NOT_FOUND}
+
+EVENTS_DESCRIPTION = """\
+The job's events, from its start, in order, ending with its final state (then the stream
+closes). Each event has an `id` (its position in the job's history), an `event` type and a JSON
+`data` line:
+
+- `status`: `{"status": "queued" | "running" | "succeeded" | "failed" | "canceled",
+  "error"?: string}`, once per state change; `error` says why a job failed or was canceled.
+- `progress`: `{"step": int, "total": int}`, once per denoising step.
+
+Comment lines (`: ping`) keep an idle connection open.
+"""
+
+EVENTS_EXAMPLE = """\
+event: status
+data: {"status": "queued"}
+id: 1767225600000-0
+
+event: status
+data: {"status": "running"}
+id: 1767225600012-0
+
+event: progress
+data: {"step": 1, "total": 28}
+id: 1767225600080-0
+
+event: status
+data: {"status": "succeeded"}
+id: 1767225601870-0
+
+"""
 
 
-@router.get("/{job_id}", response_model=JobResponse, responses=NOT_FOUND, summary="A job's state")
+@router.get(
+    "/{job_id}",
+    response_model=JobResponse,
+    response_description="The job.",
+    responses=NOT_FOUND,
+    summary="A job's state",
+)
 async def get_job(job_id: str, request: Request, service: Service) -> JobResponse:
+    """A job's status, queue position, progress, parameters (seed included), timings, error and
+    links: to itself, to its events and to its images once it has succeeded."""
     return job_response(await service.get(job_id), request, service)
 
 
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
-    responses=NOT_FOUND,
+    responses={
+        200: {
+            "description": "The job's event stream.",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": EVENTS_DESCRIPTION},
+                    "example": EVENTS_EXAMPLE,
+                }
+            },
+        },
+        **NOT_FOUND,
+    },
     summary="Server-Sent Events: each state change and denoising step, ending with the final state",
 )
-async def job_events(
+async def stream_job_events(
     job_id: str, service: Service, job: Annotated[JobView, Depends(existing_job)]
 ) -> AsyncIterator[ServerSentEvent]:
+    """Follow a job as Server-Sent Events: its history from the start, then live, until its
+    final state. Events are `status` (each state change) and `progress` (each denoising step);
+    the response's schema describes them. An unknown job is a JSON 404, before any stream."""
     # The job is looked up by a dependency, before the stream starts, so that an unknown
     # job is a proper 404 rather than an error in the middle of a 200 stream.
     async for entry_id, kind, payload in service.events(job_id):
@@ -42,16 +99,27 @@ async def job_events(
 @router.delete(
     "/{job_id}",
     response_model=JobResponse,
+    response_description="Canceled while queued: the job, now `canceled`.",
     responses={
+        202: {
+            "model": JobResponse,
+            "description": "Running: `cancel_requested` is set and it stops at its next step.",
+        },
         **NOT_FOUND,
-        202: {"model": JobResponse, "description": "Running: it stops at its next step."},
-        409: {"model": ErrorResponse, "description": "The job has already finished."},
+        409: error(
+            "The job has already finished.",
+            "job_finished",
+            f"job {EXAMPLE_JOB_ID} already succeeded; nothing to cancel",
+        ),
     },
     summary="Cancel a job: at once while queued, at the next denoising step while running",
 )
 async def cancel_job(
     job_id: str, request: Request, response: Response, service: Service
 ) -> JobResponse:
+    """Cancel a job. A queued job is removed from its queue and answers 200, `canceled`; a
+    running one answers 202 and stops at its next denoising step (follow its events for the
+    final state); a finished one answers 409."""
     view = await service.cancel(job_id)
     if not view.record.status.terminal:
         response.status_code = 202
@@ -62,8 +130,23 @@ async def cancel_job(
     "/{job_id}/images/{index}",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
-        404: {"model": ErrorResponse, "description": "No such job or image."},
+        200: {
+            "description": "The image, in the job's `output_format`.",
+            "headers": {
+                "Cache-Control": {
+                    "description": "Images never change: `private, max-age=<TTL>, immutable`.",
+                    "schema": {"type": "string"},
+                }
+            },
+            "content": {fmt.content_type: {"schema": BINARY} for fmt in OutputFormat},
+        },
+        404: error(
+            "No such job or image: unknown or expired, not succeeded, or the index is past the "
+            "job's `num_images`.",
+            "image_not_found",
+            f"job {EXAMPLE_JOB_ID} has images 0..0; got 1",
+            "index",
+        ),
     },
     summary="A stored image's bytes",
 )
@@ -72,6 +155,9 @@ async def get_image(
     index: Annotated[int, PathParam(ge=0, le=MAX_IMAGES - 1, description="Image index, 0-based.")],
     service: Service,
 ) -> Response:
+    """The bytes of a succeeded job's image `index` (0-based), with its content type: PNG (its
+    parameters in a `parameters` text chunk), JPEG or WebP. With presigned result URLs the
+    job's `links.images` point into the object store instead."""
     image = await service.image(job_id, index)
     # An image never changes, and is kept as long as its job.
     max_age = service.settings.result_ttl_s

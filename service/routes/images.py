@@ -1,0 +1,165 @@
+"""OpenAI's Images API: each request is a job on the same queues, answered when it ends."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from redis.exceptions import RedisError
+
+from common.jobstore import JobRecord
+from service.errors import ApiError
+from service.openai_compat import (
+    JOB_ID_HEADER,
+    WAIT_MAX_S,
+    ImageData,
+    ImageGenerationRequest,
+    ImagesResponse,
+    OpenAIError,
+    OpenAIErrorResponse,
+    from_api_error,
+    invalid_request,
+    to_generate_request,
+    unfinished_error,
+    with_quality,
+)
+from service.params import parse_prefer_wait
+from service.routes.deps import Service, image_links
+from service.service import GenerationService
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = "the job store (Redis) is unreachable; retry shortly"
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose every error is in OpenAI's shape, not this service's envelope."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def openai_errors(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except OpenAIError as exc:
+                return exc.response()
+            except RequestValidationError as exc:
+                return invalid_request(exc.errors()).response()
+            except ApiError as exc:
+                return from_api_error(exc).response()
+            except RedisError as exc:
+                log.warning("redis unavailable: %s", exc)
+                return OpenAIError(
+                    503, REDIS_DOWN, code="not_ready", headers={"Retry-After": "5"}
+                ).response()
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                message = "internal error; the server log has details"
+                return OpenAIError(500, message, code="internal_error").response()
+
+        return openai_errors
+
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+ERROR_STATUSES: dict[int | str, str] = {
+    400: "Invalid request: `param` names the field (`size` for the size, `model`...).",
+    409: "The job was canceled while this request waited.",
+    429: "The model's queue is full (`Retry-After`).",
+    500: "The job failed; the message is its reason.",
+    503: "No worker has published a model yet, or Redis is unreachable (`Retry-After`).",
+    504: "The job did not finish in time; it goes on: poll `/v1/jobs/{job_id}`.",
+    # Every error of this route is in OpenAI's shape; this also replaces FastAPI's own 422.
+    "default": "Any other error, in the same shape.",
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIErrorResponse, "description": description}
+    for status, description in ERROR_STATUSES.items()
+}
+
+
+async def image_data(
+    record: JobRecord, body: ImageGenerationRequest, request: Request, service: GenerationService
+) -> list[ImageData]:
+    if body.response_format == "url":
+        return [ImageData(url=url) for url in image_links(record, request, service)]
+    data = []
+    for i in range(record.image_count):
+        image = await service.image(record.id, i)
+        data.append(ImageData(b64_json=base64.b64encode(image.data).decode("ascii")))
+    return data
+
+
+@router.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    summary="OpenAI's image generation: a job, answered with its images once it ends",
+)
+async def create_image(
+    body: ImageGenerationRequest,
+    request: Request,
+    response: Response,
+    service: Service,
+    prefer: Annotated[
+        str | None,
+        Header(
+            description=(
+                f"RFC 7240 `wait=N` (0..{WAIT_MAX_S}): wait at most N seconds for the job "
+                f"(default {WAIT_MAX_S}), then answer 504 naming it."
+            )
+        ),
+    ] = None,
+) -> ImagesResponse:
+    """Generate images from OpenAI's Images API body (the official SDK's `images.generate`).
+
+    Each request is an ordinary job on the model's queue, visible under `/v1/jobs/{id}` (its
+    id is in `x-sd3serve-job-id` and `job_id`); the answer waits for it to end. Our own
+    parameters (`negative_prompt`, `seed`, `steps`, `guidance_scale`) ride in `extra_body`.
+    Errors on this route have OpenAI's shape: `{"error": {"message", "type", "param",
+    "code"}}`, with 400 for invalid input.
+    """
+    wait_s = parse_prefer_wait(prefer, WAIT_MAX_S)
+    generate = to_generate_request(body)
+    try:
+        info = await service.choose_model(generate.model)
+        generate, quality = with_quality(generate, body, info)
+        record = await service.submit(generate)
+    except ApiError as exc:
+        raise from_api_error(exc, body) from exc
+
+    job_url = str(request.url_for("get_job", job_id=record.id))
+    waited_s = WAIT_MAX_S if wait_s is None else wait_s
+    try:
+        record = (await service.wait(record.id, waited_s)).record
+        error = unfinished_error(record, job_url, waited_s)
+        if error is not None:
+            raise error
+        data = await image_data(record, body, request, service)
+    # The job exists from here on: every error names it, so that the client follows it rather
+    # than submit it again.
+    except RedisError as exc:
+        log.warning("redis unavailable: %s", exc)
+        message = f"job {record.id}: {REDIS_DOWN}"
+        raise OpenAIError(503, message, code="not_ready", job_id=record.id) from exc
+    except ApiError as exc:
+        message = f"job {record.id}: {exc.message}"
+        raise OpenAIError(exc.status, message, code=exc.code, job_id=record.id) from exc
+
+    response.headers[JOB_ID_HEADER] = record.id
+    if wait_s is not None:
+        response.headers["Preference-Applied"] = f"wait={wait_s}"
+    return ImagesResponse(
+        created=int(record.finished_at or record.created_at),
+        data=data,
+        output_format=record.params.output_format,
+        size=f"{record.params.width}x{record.params.height}",
+        quality=quality,
+        job_id=record.id,
+    )
