@@ -51,7 +51,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from service.client import ApiFailure, generate
+    from service.client import ApiFailure, check_output, check_url, generate, output_paths
 
     suffix = args.output.suffix.lower().lstrip(".")
     fmt = args.format or {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(suffix, "png")
@@ -60,6 +60,10 @@ def _generate(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     try:
+        check_url(args.url)
+        # Before submitting: a job must not run for minutes only to find nowhere to go.
+        for path in output_paths(args.output, args.num_images):
+            check_output(path)
         paths = generate(args.url, body, args.output)
     except ApiFailure as exc:
         print(f"sd3-serve generate: {exc}", file=sys.stderr)
@@ -81,39 +85,52 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     api = sub.add_parser("api", help="run the HTTP API (settings from the environment)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     api.set_defaults(func=_api)
 
     worker = sub.add_parser("worker", help="run one GPU worker (settings from the environment)")
     worker.set_defaults(func=_worker)
 
     dev = sub.add_parser("dev", help="run Redis, the API and workers on the bundled model")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8000)
-    dev.add_argument("--workers", type=int, default=1)
+    dev.add_argument("--host", default="127.0.0.1", help="the API's address (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8000, help="the API's port (default 8000)")
+    dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     dev.set_defaults(func=_dev)
 
     gen = sub.add_parser("generate", help="generate images through a running API")
-    gen.add_argument("prompt")
-    gen.add_argument("-o", "--output", type=Path, default=Path("out.png"))
-    gen.add_argument("--url", default=os.environ.get("SD3SERVE_URL", "http://127.0.0.1:8000"))
+    gen.add_argument("prompt", help="what to draw")
+    gen.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("out.png"),
+        help="image file; several images are written as NAME-0.EXT, NAME-1.EXT, ... "
+        "(default: out.png; its suffix picks the format unless --format is given)",
+    )
+    gen.add_argument(
+        "--url",
+        default=os.environ.get("SD3SERVE_URL", "http://127.0.0.1:8000"),
+        help="the API's base URL (default: $SD3SERVE_URL or http://127.0.0.1:8000)",
+    )
     gen.add_argument("--model", help="model id from GET /v1/models (default: the service's)")
-    gen.add_argument("--negative-prompt")
-    gen.add_argument("--width", type=int)
-    gen.add_argument("--height", type=int)
-    gen.add_argument("--steps", type=int)
-    gen.add_argument("--guidance-scale", type=float)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("-n", "--num-images", type=int, default=1)
-    gen.add_argument("--format", choices=["png", "jpeg", "webp"], default=None)
+    gen.add_argument("--negative-prompt", help="what to steer away from")
+    gen.add_argument("--width", type=int, help="pixels (default: the model's)")
+    gen.add_argument("--height", type=int, help="pixels (default: the model's)")
+    gen.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    gen.add_argument("--guidance-scale", type=float, help="default: the model's")
+    gen.add_argument("--seed", type=int, help="image k uses seed + k (default: random)")
+    gen.add_argument("-n", "--num-images", type=int, default=1, help="1..4 (default 1)")
+    gen.add_argument(
+        "--format", choices=["png", "jpeg", "webp"], default=None, help="image encoding"
+    )
     gen.set_defaults(func=_generate)
 
     build = sub.add_parser(
         "build-model",
         help="write a random tiny SD3 pipeline to a folder (fast; for tests and benchmarks)",
     )
-    build.add_argument("out", type=Path)
+    build.add_argument("out", type=Path, help="the folder to write")
     build.set_defaults(func=_build_model)
     return p
 

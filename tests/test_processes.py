@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import signal
@@ -284,3 +285,43 @@ def test_several_api_processes_report_metrics_that_add_up(tmp_path: Path) -> Non
             assert counts == [requests] * 6
     finally:
         stack.stop()
+
+
+def _one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_generate_cli_says_in_one_line_when_nothing_listens(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    line = _one_line_failure(run(["generate", "x", "-o", str(tmp_path / "o.png"), "--url", url]))
+    assert line.startswith("sd3-serve generate: cannot reach the API at " + url)
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://127.0.0.1", "http://", "http://h:port"])
+def test_generate_cli_refuses_a_bad_url_in_one_line(url: str, tmp_path: Path) -> None:
+    line = _one_line_failure(run(["generate", "x", "-o", str(tmp_path / "o.png"), "--url", url]))
+    assert url in line
+
+
+@pytest.mark.parametrize("where", ["missing/o.png", "a-file/o.png", "."])
+def test_generate_cli_checks_the_output_before_submitting(where: str, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    # Nothing listens at this URL: a refusal naming the output shows it came first.
+    url = f"http://127.0.0.1:{free_port()}"
+    output = tmp_path / where
+    line = _one_line_failure(run(["generate", "x", "-o", str(output), "--url", url]))
+    assert line.startswith(f"sd3-serve generate: cannot write {output}")
+
+
+def test_every_cli_option_has_help() -> None:
+    from service.cli import parser
+
+    subparsers = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"sd3-serve {name} {action.dest}"
