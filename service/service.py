@@ -89,7 +89,17 @@ class GenerationService:
         return next(iter(known.values()))
 
     async def list_models(self) -> list[ModelCard]:
-        described = await self.models.describe(await self.models.infos())
+        return await self._cards(await self.models.infos())
+
+    async def get_model(self, name: str) -> ModelCard:
+        infos = await self.models.infos()
+        if name not in infos:
+            raise ModelNotFound(f"no model {name!r}; GET /v1/models lists the known ones")
+        [card] = await self._cards({name: infos[name]})
+        return card
+
+    async def _cards(self, infos: dict[str, ModelInfo]) -> list[ModelCard]:
+        described = await self.models.describe(infos)
         cards = []
         for known in described:
             depth = await to_thread.run_sync(self.queue.depth, known.info.id)
@@ -103,14 +113,9 @@ class GenerationService:
             )
         return cards
 
-    async def get_model(self, name: str) -> ModelCard:
-        for card in await self.list_models():
-            if card.id == name:
-                return card
-        raise ModelNotFound(f"no model {name!r}; GET /v1/models lists the known ones")
-
-    async def submit(self, request: GenerateRequest) -> JobRecord:
-        info = await self.choose_model(request.model)
+    async def submit(self, request: GenerateRequest, info: ModelInfo | None = None) -> JobRecord:
+        """Queue the job on `info`'s model, or on the one `choose_model` picks for it."""
+        info = info or await self.choose_model(request.model)
         params = resolve(request, info)
         depth = await to_thread.run_sync(self.queue.depth, info.id)
         if depth >= self.settings.max_queued_jobs:

@@ -130,7 +130,7 @@ async def create_image(
     try:
         info = await service.choose_model(generate.model)
         generate, quality = with_quality(generate, body, info)
-        record = await service.submit(generate)
+        record = await service.submit(generate, info)
     except ApiError as exc:
         raise from_api_error(exc, body) from exc
 
