@@ -10,7 +10,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 MAX_PROMPT_CHARS = 2000
 MAX_STEPS = 100
@@ -79,6 +88,72 @@ class JobStatus(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+# The states a webhook can report: every one but `queued`, which the answer to the request is.
+WEBHOOK_EVENTS = [s.value for s in JobStatus if s is not JobStatus.queued]
+DEFAULT_WEBHOOK_EVENTS = [s for s in JobStatus if s.terminal]
+
+
+def _webhook_event(value: object) -> object:
+    # Before JobStatus's own check, whose message would offer `queued`.
+    if value not in WEBHOOK_EVENTS:
+        raise ValueError(f"unknown event {value!r}; choose from {', '.join(WEBHOOK_EVENTS)}")
+    return value
+
+
+WebhookEvent = Annotated[
+    JobStatus,
+    BeforeValidator(_webhook_event),
+    WithJsonSchema({"type": "string", "enum": WEBHOOK_EVENTS}),
+]
+# Each event is delivered once however often it is named.
+WebhookEvents = Annotated[list[WebhookEvent], AfterValidator(lambda e: list(dict.fromkeys(e)))]
+
+
+class WebhookState(StrEnum):
+    """Where the delivery of a webhook event stands."""
+
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class WebhookRequest(BaseModel):
+    """Where and when to POST the job: `webhook` of POST /v1/generate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl = Field(
+        description=(
+            "An http or https URL, whose host must resolve to public addresses only; each "
+            "delivery is a POST of the job, signed per the Standard Webhooks specification."
+        ),
+        examples=["https://example.com/hooks/sd3"],
+    )
+    events: WebhookEvents = Field(
+        default=DEFAULT_WEBHOOK_EVENTS,
+        min_length=1,
+        max_length=len(WEBHOOK_EVENTS),
+        description="The job states to be told about, each once. Default: the final states.",
+    )
+
+
+class JobWebhook(BaseModel):
+    """A job's webhook and the delivery of its latest event."""
+
+    url: str
+    events: list[JobStatus]
+    event: JobStatus | None = Field(
+        default=None, description="The latest of `events` the job reached; null until one."
+    )
+    state: WebhookState | None = Field(
+        default=None, description="That event's delivery; null until the job reaches an event."
+    )
+    attempts: int = Field(default=0, description="POSTs of that event so far.")
+    last_status: int | None = Field(
+        default=None, description="HTTP status of the latest POST; null when it got no answer."
+    )
 
 
 Prompt = Annotated[
@@ -158,6 +233,13 @@ class GenerateRequest(BaseModel):
         default=OutputFormat.png,
         description="Stored image encoding: png (parameters in text chunks), jpeg or webp.",
     )
+    webhook: WebhookRequest | None = Field(
+        default=None,
+        description=(
+            "POST the job to `url` when it reaches one of `events`, signed with the service's "
+            "webhook secret (Standard Webhooks); refused where the service has none."
+        ),
+    )
 
 
 class GenerateParams(BaseModel):
@@ -191,6 +273,11 @@ class Progress(BaseModel):
     total: int = Field(description="Denoising steps in all.")
 
 
+def default_max_pixels(width: int, height: int) -> int:
+    """A job's pixel budget when its workers set none: MAX_IMAGES images of width × height."""
+    return MAX_IMAGES * width * height
+
+
 class ModelInfo(BaseModel):
     """A served model, published by each of its workers with every heartbeat once warm."""
 
@@ -211,6 +298,16 @@ class ModelInfo(BaseModel):
     default_guidance_scale: float
     max_steps: int = MAX_STEPS
     max_num_images: int = MAX_IMAGES
+    # Workers older than this field publish records without it: they get the default rule.
+    max_pixels: int = Field(
+        default_factory=lambda f: default_max_pixels(f["default_width"], f["default_height"]),
+        ge=1,
+        description=(
+            "Most pixels one job may make, width × height × num_images (SD3SERVE_MAX_PIXELS of "
+            "its workers); by default 4 images at the native size, default_width × "
+            "default_height."
+        ),
+    )
     scheduler: str
     scheduler_shift: float
     text_encoders: list[str] = Field(description="Loaded text encoders (T5 may be dropped).")

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import NamedTuple
 
 from pydantic import BaseModel
+from rq.job import JobStatus as RqStatus
 
-from common import keys
-from common.contract import GenerateParams, JobStatus, Progress, Timings
+from common import keys, webhooks
+from common.contract import GenerateParams, JobStatus, JobWebhook, Progress, Timings
 
 EVENTS_MAXLEN = 1000  # more than one event per step of the longest job
+# The errors of jobs the reaper finishes because their worker is gone; the API's own check of RQ
+# (service.service) reports the first too.
+WORKER_LOST = "the worker running this job stopped before it finished, and no retry was left"
+CANCELED_RUNNING = "canceled by the client while running"
 
 
 class Outcome(StrEnum):
@@ -40,6 +45,8 @@ class Outcome(StrEnum):
     canceled = "canceled"
     # A running job was flagged; its worker sees the flag at its next step.
     cancel_requested = "cancel_requested"
+    # START refused: another worker, alive, is running the job.
+    taken = "taken"
     # No such job: never created, or expired.
     missing = "missing"
 
@@ -48,7 +55,7 @@ class Outcome(StrEnum):
         """The job's state after the transition; None when there is no job."""
         if self is Outcome.missing:
             return None
-        if self is Outcome.cancel_requested:
+        if self in (Outcome.cancel_requested, Outcome.taken):
             return JobStatus.running
         return JobStatus(self.value)
 
@@ -72,6 +79,8 @@ def _lua_constants() -> str:
 
 _PRELUDE = (
     _lua_constants()
+    + webhooks.lua_constants()
+    + webhooks.SCHEDULE_LUA
     + """
 local function now()
   local t = redis.call('TIME')
@@ -85,59 +94,203 @@ local function is_terminal(s)
   return TERMINAL[s] == true
 end
 local function finish(status, fields, ttl)
-  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now())
+  local at = now()
+  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', at)
   local payload = {status = status}
   for k, v in pairs(fields) do
     redis.call('HSET', KEYS[1], k, v)
     if k == 'error' then payload.error = v end
   end
   emit('status', payload)
+  schedule_webhook(status, at)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 """
 )
 
+
+class Steer(StrEnum):
+    """PROGRESS's answer to the worker running the job: what to do after this step."""
+
+    go = ""
+    # The client asked for a cancel: stop, and finish the job canceled.
+    cancel = "cancel"
+    # The job is not this worker's to run any more: stop, and write nothing to it.
+    leave = "leave"
+
+
+class Holder(NamedTuple):
+    """A worker starting jobs, for START: its id (one per run of the process, so a restarted
+    worker never passes for its predecessor), and how long a worker may stay silent before it
+    counts as gone, its jobs taken back."""
+
+    worker: str
+    silence_s: float
+
+
+def _seconds(value: float) -> str:
+    # For Lua's tonumber: a plain decimal, never an exponent.
+    return f"{value:.6f}"
+
+
+def _lua_string(text: str) -> str:
+    # Spliced into Lua source: keep to characters that need no escaping.
+    if not re.fullmatch(r"[A-Za-z0-9_.:{}-]*", text):
+        raise ValueError(f"{text!r} cannot be spliced into Lua source as it is")
+    return f'"{text}"'
+
+
+def _lua_key_function(name: str, key: Callable[..., str], arity: int = 1) -> str:
+    """`local function NAME(a1, ...) return "prefix" .. a1 .. "suffix" end`, made by calling
+    `key` with placeholders, so a name built in Lua at run time is the one common.keys builds."""
+    params = [f"a{i}" for i in range(1, arity + 1)]
+    marks = [chr(i) for i in range(1, arity + 1)]  # control characters, in no key name
+    rest = key(*marks)
+    parts = []
+    for mark, param in zip(marks, params, strict=True):
+        literal, found, rest = rest.partition(mark)
+        if not found:
+            raise ValueError(f"{name}: the key leaves out an argument")
+        parts += [_lua_string(literal), param]
+    parts.append(_lua_string(rest))
+    body = " .. ".join(part for part in parts if part != '""')
+    return f"local function {name}({', '.join(params)}) return {body} end\n"
+
+
+def _recovery_constants() -> str:
+    for value in Steer:
+        if not re.fullmatch(r"[a-z_]*", value):
+            raise ValueError(f"steer {value!r} is not a plain lower-case name")
+    lines = [f'local STEER_{s.name.upper()} = "{s.value}"' for s in Steer]
+    prefix = keys.job("")
+    if keys.job("x") != f"{prefix}x":
+        raise ValueError("a job's id must end its record's key")
+    lines.append(f"local JOB_ID_FROM = {len(prefix) + 1}")
+    functions = [
+        _lua_key_function("running_key", keys.running),
+        _lua_key_function("beats_key", keys.beats),
+        _lua_key_function("busy_key", keys.busy),
+        _lua_key_function("dequeued_key", keys.dequeued),
+        _lua_key_function("rq_queue_key", keys.rq_queue),
+        _lua_key_function("rq_dequeued_key", keys.rq_dequeued),
+        _lua_key_function("rq_started_key", keys.rq_started),
+        _lua_key_function("rq_job_key", keys.rq_job),
+        _lua_key_function("rq_executions_key", keys.rq_executions),
+        _lua_key_function("rq_execution_key", keys.rq_execution, 2),
+        _lua_key_function("rq_started_member", keys.rq_started_member, 2),
+    ]
+    return "\n".join(lines) + "\n" + "".join(functions)
+
+
+# What the scripts that take a dead worker's jobs back share: liveness judged on Redis' clock
+# from each worker's latest heartbeat (common.workers.ALIVE), and RQ's records of a job's runs.
+_RECOVERY = (
+    _recovery_constants()
+    + """
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function this_job()
+  return string.sub(KEYS[1], JOB_ID_FROM)
+end
+local function job_model()
+  return cjson.decode(redis.call('HGET', KEYS[1], 'params')).model
+end
+-- Whether `worker` still runs this job: it beat within silence_s, and said at that beat that it
+-- ran the job, or started the job so lately that no beat since need say so (a beat reads what
+-- its worker runs a moment before it writes it).
+local function holds(model, worker, silence_s)
+  local beat = redis.call('ZSCORE', beats_key(model), worker)
+  local since = clock() - silence_s
+  if beat == false or tonumber(beat) <= since then return false end
+  if redis.call('HGET', busy_key(model), worker) == this_job() then return true end
+  return tonumber(redis.call('HGET', KEYS[1], 'started_at') or '0') > since
+end
+local function held_by_another(s, worker, silence_s)
+  if s ~= RUNNING then return false end
+  local holder = redis.call('HGET', KEYS[1], 'worker')
+  return holder ~= false and holder ~= worker and holds(job_model(), holder, silence_s)
+end
+-- START by `worker`: its run begins afresh, watched by the model's reapers.
+local function hold(worker)
+  local model, job = job_model(), this_job()
+  redis.call('HSET', KEYS[1], 'worker', worker)
+  redis.call('HDEL', KEYS[1], 'step', 'total')
+  redis.call('SADD', running_key(model), job)
+  redis.call('HDEL', dequeued_key(model), job)
+end
+"""
+)
+
+
 # Every script: KEYS = keys.script_keys(job_id) (the record, its events); ARGV[1] = EVENTS_MAXLEN.
 
-# ARGV: maxlen, params json, ttl.
-CREATE = (
+# What creating a job writes, shared by CREATE and the API's admission script (SUBMIT), which
+# creates the record in the same way once its limits admit the job.
+# ARGV: maxlen, params json, ttl, the record's other fields as a JSON object (`creation_fields`).
+CREATE_FUNCTIONS = (
     _PRELUDE
+    + _lua_key_function("jobstore_key", keys.job)
     + """
-redis.call('HSET', KEYS[1], 'status', QUEUED, 'params', ARGV[2], 'created_at', now())
-emit('status', {status = QUEUED})
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+local function create_job()
+  redis.call('HSET', KEYS[1], 'status', QUEUED, 'params', ARGV[2], 'created_at', now())
+  for field, value in pairs(cjson.decode(ARGV[4])) do
+    redis.call('HSET', KEYS[1], field, value)
+  end
+  emit('status', {status = QUEUED})
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+"""
+)
+
+CREATE = (
+    CREATE_FUNCTIONS
+    + """
+create_job()
 return QUEUED
 """
 )
 
-# A job found running is a retry after its worker died, so it may start again.
-# ARGV: maxlen.
+# A job found running is a retry after its worker died, so it may start again; its webhook
+# was told of `running` the first time. Given the starting worker, START refuses a job another
+# live worker runs, and records the worker as the job's holder, watched by REQUEUE.
+# ARGV: maxlen[, worker id, seconds of silence after which a worker counts as gone].
 START = (
     _PRELUDE
+    + _RECOVERY
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return MISSING end
 if s ~= QUEUED and s ~= RUNNING then return s end
-redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', now())
+if ARGV[2] and held_by_another(s, ARGV[2], tonumber(ARGV[3])) then return TAKEN end
+local at = now()
+redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', at)
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if ARGV[2] then hold(ARGV[2]) end
 emit('status', {status = RUNNING})
+if s == QUEUED then schedule_webhook(RUNNING, at) end
 return RUNNING
 """
 )
 
-# Returns whether the worker should stop (a cancel was requested, so one round trip per step
-# does both, or the job is no longer running: expired, or finished by the API after it took
-# the worker for dead). Such a job gets no write: no keyless hash, no event after its last.
-# ARGV: maxlen, step, total.
+# Returns a Steer: go on; stop and finish canceled (a cancel was requested, so one round trip
+# per step does both); or leave the job (it is no longer running: expired, or finished by the
+# API; or, given the worker, no longer that worker's: re-queued after it was taken for gone, or
+# started by another since). A job left gets no write: no keyless hash, no event after its last.
+# ARGV: maxlen, step, total[, worker id].
 PROGRESS = (
     _PRELUDE
+    + _RECOVERY
     + """
-if redis.call('HGET', KEYS[1], 'status') ~= RUNNING then return '1' end
+if redis.call('HGET', KEYS[1], 'status') ~= RUNNING then return STEER_LEAVE end
+if ARGV[4] and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[4] then return STEER_LEAVE end
 redis.call('HSET', KEYS[1], 'step', ARGV[2], 'total', ARGV[3])
 emit('progress', {step = tonumber(ARGV[2]), total = tonumber(ARGV[3])})
-return redis.call('HGET', KEYS[1], 'cancel_requested') or ''
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return STEER_CANCEL end
+return STEER_GO
 """
 )
 
@@ -174,11 +327,126 @@ return s
 )
 
 
+# The reaper's transition, for one job of a model:
+# - running, and its holder silent for over silence_s (or, alive, saying it runs another job or
+#   none, the Redis that knew better having lost a finish of it): back at the front, queued
+#   (no progress, attempts kept), or finished: canceled if a cancel was asked for, failed once
+#   the attempts have used up its retries (or RQ no longer has the job to run);
+# - queued, yet taken off the queue by a worker that has not started it for over limbo_s (first
+#   noted by an earlier call): back at the front, nothing else changed;
+# - anything else: left as it is, and dropped from the model's sets of jobs to watch.
+# Returns the job's state if this call changed it (queued, canceled or failed), else ''.
+# ARGV: maxlen, model, job id, silence_s, limbo_s, ttl, error when out of retries, error when
+# canceled, RQ's status of a queued job, RQ's status of a failed one.
+REQUEUE = (
+    _PRELUDE
+    + _RECOVERY
+    + """
+local model, job = ARGV[2], ARGV[3]
+local silence_s, limbo_s, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local RQ_QUEUED, RQ_FAILED = ARGV[9], ARGV[10]
+-- Whether RQ registered a run of the job as started.
+local function rq_started_run(model, job)
+  for _, e in ipairs(redis.call('ZRANGE', rq_executions_key(job), 0, -1)) do
+    if redis.call('ZSCORE', rq_started_key(model), rq_started_member(job, e)) then
+      return true
+    end
+  end
+  return false
+end
+-- RQ's records of the job's runs go: so RQ never finds one abandoned and acts on it as well.
+local function rq_forget_runs(model, job)
+  local executions = rq_executions_key(job)
+  for _, e in ipairs(redis.call('ZRANGE', executions, 0, -1)) do
+    redis.call('ZREM', rq_started_key(model), rq_started_member(job, e))
+    redis.call('DEL', rq_execution_key(job, e))
+  end
+  redis.call('DEL', executions)
+  redis.call('LREM', rq_dequeued_key(model), 0, job)
+end
+-- At the front of its queue (RQ pushes to the back and pops from the front), and queued in
+-- RQ's record as a job waiting there is.
+local function rq_requeue(model, job)
+  rq_forget_runs(model, job)
+  if redis.call('EXISTS', rq_job_key(job)) == 1 then
+    redis.call('HSET', rq_job_key(job), 'status', RQ_QUEUED)
+  end
+  local queue = rq_queue_key(model)
+  redis.call('LREM', queue, 0, job)
+  redis.call('LPUSH', queue, job)
+end
+local limbo = dequeued_key(model)
+local s = redis.call('HGET', KEYS[1], 'status')
+if s == RUNNING then
+  redis.call('HDEL', limbo, job)
+  local holder = redis.call('HGET', KEYS[1], 'worker')
+  -- A job started with no holder named is RQ's alone to watch.
+  if not holder or holds(model, holder, silence_s) then return '' end
+  redis.call('SREM', running_key(model), job)
+  local rq_job = rq_job_key(job)
+  local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+  local retries = tonumber(redis.call('HGET', KEYS[1], 'retries') or '0')
+  if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+    finish(CANCELED, {error = ARGV[8]}, ttl)
+  elseif attempts > retries or redis.call('EXISTS', rq_job) == 0 then
+    finish(FAILED, {error = ARGV[7]}, ttl)
+  else
+    redis.call('HSET', KEYS[1], 'status', QUEUED)
+    redis.call('HDEL', KEYS[1], 'step', 'total', 'worker', 'started_at')
+    emit('status', {status = QUEUED})
+    rq_requeue(model, job)
+    return QUEUED
+  end
+  rq_forget_runs(model, job)
+  if redis.call('EXISTS', rq_job) == 1 then
+    redis.call('HSET', rq_job, 'status', RQ_FAILED)
+    redis.call('EXPIRE', rq_job, ttl)
+  end
+  return redis.call('HGET', KEYS[1], 'status')
+end
+if s == QUEUED then
+  local popped = redis.call('LPOS', rq_dequeued_key(model), job) or rq_started_run(model, job)
+  if not popped or redis.call('LPOS', rq_queue_key(model), job) then
+    redis.call('HDEL', limbo, job)
+    return ''
+  end
+  local t = clock()
+  local seen = tonumber(redis.call('HGET', limbo, job) or t)
+  if seen > t - limbo_s then
+    redis.call('HSETNX', limbo, job, string.format('%.6f', t))
+    return ''
+  end
+  redis.call('HDEL', limbo, job)
+  rq_requeue(model, job)
+  return QUEUED
+end
+redis.call('SREM', running_key(model), job)
+redis.call('HDEL', limbo, job)
+return ''
+"""
+)
+
+
+OWNER_FIELD = "owner"
+
+
+def creation_fields(
+    *, retries: int, webhook: webhooks.WebhookConfig | None, owner: str | None
+) -> str:
+    """The record's fields besides status, params and creation time, as CREATE's JSON arg."""
+    fields = {"retries": str(retries)}
+    if webhook is not None:
+        fields[webhooks.CONFIG_FIELD] = webhook.model_dump_json()
+    if owner is not None:
+        fields[OWNER_FIELD] = owner
+    return json.dumps(fields)
+
+
 class ScriptCall(NamedTuple):
     """What to pass a registered script: `script(keys=call.keys, args=call.args)`."""
 
     keys: list[str]
-    args: list[str | int]
+    args: list[str | int | bytes]
 
 
 class Transitions:
@@ -190,14 +458,47 @@ class Transitions:
             raise ValueError(f"ttl_s must be at least 1 second, got {ttl_s}")
         self.ttl_s = ttl_s
 
-    def create(self, job_id: str, params: GenerateParams) -> ScriptCall:
-        return self._call(job_id, params.model_dump_json(), self.ttl_s)
+    def create(
+        self,
+        job_id: str,
+        params: GenerateParams,
+        webhook: webhooks.WebhookConfig | None = None,
+        *,
+        retries: int = 0,
+        owner: str | None = None,
+    ) -> ScriptCall:
+        """`retries`: how many times the job may be re-run after its worker is lost; `owner`:
+        the API key that submitted it."""
+        return self._call(
+            job_id,
+            params.model_dump_json(),
+            self.ttl_s,
+            creation_fields(retries=retries, webhook=webhook, owner=owner),
+        )
 
-    def start(self, job_id: str) -> ScriptCall:
-        return self._call(job_id)
+    def start(self, job_id: str, holder: Holder | None = None) -> ScriptCall:
+        if holder is None:
+            return self._call(job_id)
+        return self._call(job_id, holder.worker, _seconds(holder.silence_s))
 
-    def progress(self, job_id: str, step: int, total: int) -> ScriptCall:
-        return self._call(job_id, step, total)
+    def progress(self, job_id: str, step: int, total: int, worker: str | None = None) -> ScriptCall:
+        return self._call(job_id, step, total, *([] if worker is None else [worker]))
+
+    def requeue(self, job_id: str, model: str, *, silence_s: float, limbo_s: float) -> ScriptCall:
+        """REQUEUE of a job of `model`: a running one whose worker has been silent longer than
+        `silence_s`, a dequeued one that no worker has started for longer than `limbo_s`."""
+        return self._call(
+            job_id,
+            model,
+            job_id,
+            _seconds(silence_s),
+            _seconds(limbo_s),
+            self.ttl_s,
+            WORKER_LOST,
+            CANCELED_RUNNING,
+            RqStatus.QUEUED.value,
+            RqStatus.FAILED.value,
+        )
 
     def finish(
         self,
@@ -233,8 +534,23 @@ def decode_outcome(reply: object) -> Outcome:
 
 
 def decode_cancel_flag(reply: object) -> bool:
-    """PROGRESS's reply: the record's cancel_requested field ('1'), or '' when it has none."""
-    return bool(reply)
+    """Whether PROGRESS's reply tells the worker to stop (to cancel, or to leave the job)."""
+    return decode_steer(reply) is not Steer.go
+
+
+def decode_steer(reply: object) -> Steer:
+    """PROGRESS's reply."""
+    return Steer(reply.decode() if isinstance(reply, bytes) else str(reply))
+
+
+def decode_requeued(reply: object) -> Outcome | None:
+    """REQUEUE's reply: what became of the job (queued: put back at the front of its queue;
+    failed or canceled: finished), or None when it was left as it was."""
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return Outcome(text) if text else None
+
+
+# The record's field naming the API key that owns the job.
 
 
 class JobRecord(BaseModel):
@@ -252,6 +568,9 @@ class JobRecord(BaseModel):
     error: str | None = None
     cancel_requested: bool = False
     attempts: int = 0
+    webhook: JobWebhook | None = None
+    # The name of the API key that created the job (service.auth); None when the API has none.
+    owner: str | None = None
 
 
 def decode_record(job_id: str, fields: Mapping[str, str]) -> JobRecord:
@@ -286,6 +605,8 @@ def decode_record(job_id: str, fields: Mapping[str, str]) -> JobRecord:
         error=fields.get("error"),
         cancel_requested=fields.get("cancel_requested") == "1",
         attempts=int(fields.get("attempts", 0)),
+        webhook=webhooks.decode_webhook(fields),
+        owner=fields.get(OWNER_FIELD),
     )
 
 

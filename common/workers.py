@@ -41,6 +41,34 @@ return counts
 )
 
 
+# How long a worker process silent for good stays in its model's `keys.beats`: far past any
+# silence after which a worker counts as gone, so a missing entry means the same as a stale one.
+FORGET_AFTER_S = 3600
+
+# The liveness beat, run with BEAT: whatever its thread's process is busy with, the process is
+# alive, and runs the job it names. KEYS: keys.beats(model), keys.busy(model).
+# ARGV: the process's worker id, FORGET_AFTER_S, the job it runs ('' for none).
+ALIVE = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local forgotten = now - tonumber(ARGV[2])
+for _, worker in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', forgotten)) do
+  redis.call('HDEL', KEYS[2], worker)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', forgotten)
+return 1
+"""
+)
+
+
+def alive_call(worker_id: str, model: str, job_id: str | None) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of ALIVE for the process `worker_id` of `model`'s workers, running
+    `job_id` (None when idle)."""
+    return [keys.beats(model), keys.busy(model)], [worker_id, FORGET_AFTER_S, job_id or ""]
+
+
 def beat_call(worker: str, ttl_s: int, info: ModelInfo) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of BEAT for `worker`, warm on the model `info` describes."""
     return (

@@ -1,4 +1,4 @@
-"""The `sd3-serve` command: api, worker, dev, generate, build-model."""
+"""The `sd3-serve` command: api, worker, dev, generate, build-model, keys."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+# The key `sd3-serve generate` sends, where the API has keys (SD3SERVE_API_KEYS_FILE).
+API_KEY_ENV = "SD3SERVE_API_KEY"
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -21,7 +24,12 @@ def _api(args: argparse.Namespace) -> int:
 
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
         return 0
+    from service.auth import load_key_ring
     from service.metrics import MULTIPROC_DIR_ENV
+
+    # Each API process reads the keys file in create_app; checked here first, so that a bad one
+    # stops the command with one line rather than each process with a traceback.
+    load_key_ring(settings.api_keys_file, settings.rate_limit)
 
     # Each process writes its metrics to files here, summed by any scrape. A fresh folder per
     # start: samples left by an earlier run would be added to this one's.
@@ -51,20 +59,33 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from service.client import ApiFailure, check_output, check_url, generate, output_paths
+    try:
+        from service.client import ApiFailure, check_output, connect, generate, output_paths
+    except ImportError as exc:  # the SDK is its own distribution, installed beside the service
+        print(f"sd3-serve generate: {exc}; pip install ./clients/python", file=sys.stderr)
+        return 2
+    from sd3serve_client import GenerateOptions
 
     suffix = args.output.suffix.lower().lstrip(".")
     fmt = args.format or {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(suffix, "png")
-    body = {"prompt": args.prompt, "num_images": args.num_images, "output_format": fmt}
-    for name in ("model", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed"):
-        if getattr(args, name) is not None:
-            body[name] = getattr(args, name)
+    options = GenerateOptions(
+        model=args.model,
+        negative_prompt=args.negative_prompt,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        num_images=args.num_images,
+        output_format=fmt,
+    )
     try:
-        check_url(args.url)
-        # Before submitting: a job must not run for minutes only to find nowhere to go.
-        for path in output_paths(args.output, args.num_images):
-            check_output(path)
-        paths = generate(args.url, body, args.output)
+        # From the environment only: an option's value would show in the process list.
+        with connect(args.url, os.environ.get(API_KEY_ENV) or None) as client:
+            # Before submitting: a job must not run for minutes only to find nowhere to go.
+            for path in output_paths(args.output, args.num_images):
+                check_output(path)
+            paths = generate(client, args.prompt, options, args.output)
     except ApiFailure as exc:
         print(f"sd3-serve generate: {exc}", file=sys.stderr)
         return 2
@@ -73,10 +94,41 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_model(args: argparse.Namespace) -> int:
-    from worker.tiny_model import build
+def _keys_create(args: argparse.Namespace) -> int:
+    from service.auth import key_line, new_key
 
-    print(build(args.out))
+    key = new_key()
+    try:
+        line = key_line(args.name, key, args.rate)
+    except ValueError as exc:
+        print(f"sd3-serve keys create: {exc}", file=sys.stderr)
+        return 2
+    print(f"API key {args.name!r} (shown only this once; give it to its client as a secret):")
+    print(f"  {key}")
+    print("Add this line to the keys file (SD3SERVE_API_KEYS_FILE), then restart the API:")
+    print(f"  {line}")
+    return 0
+
+
+def _build_model(args: argparse.Namespace) -> int:
+    if args.arch is None:
+        if args.random or args.no_t5:
+            print("sd3-serve build-model: --random and --no-t5 go with --arch", file=sys.stderr)
+            return 2
+        from worker.tiny_model import build
+
+        print(build(args.out))
+        return 0
+    if not args.random:
+        # Said out loud, so that nobody takes the folder for the checkpoint it is shaped like.
+        print(
+            "sd3-serve build-model: --arch needs --random: only random weights are built here",
+            file=sys.stderr,
+        )
+        return 2
+    from worker.real_model import build as build_real
+
+    print(build_real(args.arch, args.out, t5=not args.no_t5))
     return 0
 
 
@@ -98,7 +150,11 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     dev.set_defaults(func=_dev)
 
-    gen = sub.add_parser("generate", help="generate images through a running API")
+    gen = sub.add_parser(
+        "generate",
+        help="generate images through a running API",
+        description=f"Generate images through a running API; ${API_KEY_ENV} is sent as its key.",
+    )
     gen.add_argument("prompt", help="what to draw")
     gen.add_argument(
         "-o",
@@ -126,11 +182,38 @@ def parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(func=_generate)
 
+    keys = sub.add_parser("keys", help="manage API keys (SD3SERVE_API_KEYS_FILE)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, help="what to do")
+    create = keys_sub.add_parser(
+        "create", help="make a new random API key and print it with its keys-file line"
+    )
+    create.add_argument("name", help="the key's name: 1 to 64 letters, digits, '.', '_' or '-'")
+    create.add_argument(
+        "--rate",
+        help="its own rate limit, COUNT/second|minute|hour|day (default: SD3SERVE_RATE_LIMIT)",
+    )
+    create.set_defaults(func=_keys_create)
+
     build = sub.add_parser(
         "build-model",
         help="write a random tiny SD3 pipeline to a folder (fast; for tests and benchmarks)",
+        description=(
+            "Write a random SD3 pipeline to a folder: the tiny one (seconds, for tests), or with "
+            "--arch --random a public checkpoint's exact architecture with random bfloat16 "
+            "weights (minutes and GBs: for measuring load time, memory and speed)."
+        ),
     )
     build.add_argument("out", type=Path, help="the folder to write")
+    archs: tuple[str, ...] | None
+    try:
+        from worker.archs import ARCHS as archs  # torch-free; the API's image has no `worker`
+    except ImportError:
+        archs = None
+    build.add_argument("--arch", choices=archs, help="the architecture of this public checkpoint")
+    build.add_argument(
+        "--random", action="store_true", help="random weights (with --arch; the only kind)"
+    )
+    build.add_argument("--no-t5", action="store_true", help="leave the T5-XXL encoder out")
     build.set_defaults(func=_build_model)
     return p
 

@@ -23,6 +23,16 @@ from redis.exceptions import RedisError
 from common.settings import ENV_FILE, env_var
 
 READY_TIMEOUT_S = 600.0  # a real checkpoint can take minutes to load
+# What a Redis holding jobs needs (README, "Production Redis"): every accepted job on disk
+# within a second, and a full Redis refusing writes rather than evicting a job or a queue entry.
+REDIS_DURABILITY = (
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "everysec",
+    "--maxmemory-policy",
+    "noeviction",
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,7 +95,8 @@ def _redis_up(url: str) -> bool:
 
 
 def start_redis(stack: Stack, workdir: Path, env: dict[str, str], port: int | None = None) -> str:
-    """A private, non-persistent redis-server on a loopback port (a free one by default);
+    """A private redis-server on a loopback port (a free one by default), configured as a
+    production one should be (README, "Production Redis"), its data in `workdir`/redis;
     returns its URL."""
     server = shutil.which("redis-server")
     if server is None:
@@ -94,18 +105,20 @@ def start_redis(stack: Stack, workdir: Path, env: dict[str, str], port: int | No
             f"or set {env_var('redis_url')}"
         )
     port = port or free_port()
+    data = workdir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
     argv = [
         server,
         "--port",
         str(port),
         "--bind",
         "127.0.0.1",
+        "--dir",
+        str(data),
+        # The append-only file is the persistence; no RDB snapshots besides.
         "--save",
         "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
+        *REDIS_DURABILITY,
     ]
     stack.start("redis", argv, env)
     url = f"redis://127.0.0.1:{port}/0"

@@ -10,10 +10,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.schemas import ErrorBody, ErrorResponse, FieldError
 
 log = logging.getLogger(__name__)
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# The answer to any RedisError: Redis is down, or full and refusing writes (noeviction).
+REDIS_DOWN_MESSAGE = "the job store (Redis) is unreachable or full; retry shortly"
+REDIS_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -31,6 +37,11 @@ class ApiError(Exception):
 
 class InvalidParameter(ApiError):
     code = "invalid_parameter"
+    status = 422
+
+
+class IdempotencyKeyReused(ApiError):
+    code = "idempotency_key_reused"
     status = 422
 
 
@@ -61,6 +72,26 @@ class QueueFull(ApiError):
 
 class NotReady(ApiError):
     code = "not_ready"
+    status = 503
+
+
+class Unauthorized(ApiError):
+    code = "unauthorized"
+    status = 401
+
+
+class RateLimited(ApiError):
+    code = "rate_limited"
+    status = 429
+
+
+class BodyTooLarge(ApiError):
+    code = "body_too_large"
+    status = 413
+
+
+class TooManyStreams(ApiError):
+    code = "too_many_streams"
     status = 503
 
 
@@ -115,17 +146,45 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_parameter", summary, first.field, details)
 
 
+def unparsable_body(exc: StarletteHTTPException) -> RequestValidationError | None:
+    """FastAPI's 400 for a JSON body it could not decode (not UTF-8, nested too deep), as the
+    invalid JSON it is: the same answer as any other malformed body, not an undeclared 400."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or not isinstance(cause, ValueError | RecursionError):
+        return None
+    error = {"type": "json_invalid", "loc": ("body",), "msg": str(cause), "ctx": {"error": cause}}
+    return RequestValidationError([error])
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(StarletteHTTPException, exc)
+    if (invalid := unparsable_body(exc)) is not None:
+        return await _validation_error(request, invalid)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    message = str(exc.detail)
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+        message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+    response = error_response(exc.status_code, code, message)
+    response.headers.update(headers)
+    return response
+
+
+def _allowed_methods(request: Request) -> str:
+    # The router's own Allow names the methods of the first route matching the path only; a
+    # path served by several routes (GET and DELETE /v1/jobs/{id}) allows all of theirs. So ask
+    # the router which methods it would route here.
+    def routed(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes)
+
+    return ", ".join(method for method in HTTP_METHODS if routed(method))
 
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable: %s", exc)
-    return error_response(
-        503, NotReady.code, "the job store (Redis) is unreachable; retry shortly", retry_after_s=5
-    )
+    return error_response(503, NotReady.code, REDIS_DOWN_MESSAGE, retry_after_s=REDIS_RETRY_AFTER_S)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

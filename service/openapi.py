@@ -9,7 +9,13 @@ so that every route, one added later included, gets the same treatment without d
 - an envelope response is `application/json` whatever the route's own media type (an event
   stream's 404 is JSON);
 - every operation under `/v1/` declares 503 unless it declares its own: it reaches Redis;
-- every 429 and 503 declares `Retry-After` unless it declares its own: the server sends it;
+- every operation with a request body declares 413 unless it declares its own: a body over
+  SD3SERVE_MAX_BODY_BYTES is refused before any route runs (`service.body_limit`);
+- every operation under `/v1/` needs the bearer API key (`security`) and declares 401 and 429
+  unless it declares its own: with SD3SERVE_API_KEYS_FILE set, `service.auth` answers them
+  before any route runs; `/metrics` takes the key optionally (SD3SERVE_METRICS_REQUIRE_KEY);
+- every 429 and 503 declares `Retry-After`, and every 401 `WWW-Authenticate`, unless it
+  declares its own: the server sends them;
 - the OpenAPI 3.2 `itemSchema` FastAPI writes for streaming routes is dropped: this is a 3.1
   document, where a stream is a string, described by its route.
 
@@ -27,7 +33,23 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from service.auth import (
+    KEYED_PREFIX,
+    METRICS_PATH,
+    NO_KEY_MESSAGE,
+    parse_rate,
+    rate_limited_message,
+)
+from service.body_limit import too_large_message
+from service.errors import (
+    REDIS_DOWN_MESSAGE,
+    BodyTooLarge,
+    NotReady,
+    RateLimited,
+    Unauthorized,
+)
 from service.schemas import ErrorBody, ErrorResponse, FieldError
+from service.settings import ApiSettings
 
 SCHEMAS_REF = "#/components/schemas/"
 ENVELOPE_REF = SCHEMAS_REF + ErrorResponse.__name__
@@ -45,6 +67,25 @@ RETRY_AFTER: dict[str, Any] = {
     "description": "Seconds to wait before trying again.",
     "schema": {"type": "integer", "minimum": 1},
     "example": 5,
+}
+
+
+WWW_AUTHENTICATE: dict[str, Any] = {
+    "description": "The scheme the API expects: `Bearer`.",
+    "schema": {"type": "string"},
+    "example": "Bearer",
+}
+SECURITY_SCHEME = "bearer"
+SECURITY_SCHEMES: dict[str, Any] = {
+    SECURITY_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": (
+            "An API key (`sd3-serve keys create`), as `Authorization: Bearer KEY`. Needed only "
+            "where the service has keys (SD3SERVE_API_KEYS_FILE); each key sees only the jobs "
+            "it created and has its own rate limit."
+        ),
+    }
 }
 
 
@@ -91,9 +132,31 @@ INVALID = _envelope(
         "Input should be a valid integer, unable to parse string as an integer",
     ),
 )
+# The document describes the default settings.
+_MAX_BODY_BYTES: int = ApiSettings.model_fields["max_body_bytes"].default
+TOO_LARGE = _envelope(
+    f"The body is larger than SD3SERVE_MAX_BODY_BYTES ({_MAX_BODY_BYTES} bytes by default); it "
+    "is refused before it is read in full, and the connection is closed.",
+    error_example(BodyTooLarge.code, too_large_message(_MAX_BODY_BYTES)),
+)
+_RATE_LIMIT: str = ApiSettings.model_fields["rate_limit"].default
+UNAUTHORIZED = _envelope(
+    "No valid API key in `Authorization: Bearer KEY`, where the service has keys "
+    "(SD3SERVE_API_KEYS_FILE).",
+    error_example(Unauthorized.code, NO_KEY_MESSAGE),
+)
+METRICS_UNAUTHORIZED = _envelope(
+    "No valid API key, where the service has keys and SD3SERVE_METRICS_REQUIRE_KEY is true.",
+    error_example(Unauthorized.code, NO_KEY_MESSAGE),
+)
+RATE_LIMITED = _envelope(
+    f"The API key's rate limit (SD3SERVE_RATE_LIMIT, {_RATE_LIMIT} by default, or the key's "
+    "own) is reached; retry after `Retry-After` seconds.",
+    error_example(RateLimited.code, rate_limited_message(parse_rate(_RATE_LIMIT), 12)),
+)
 REDIS_DOWN = _envelope(
     "Redis is unreachable; retry after `Retry-After` seconds.",
-    error_example("not_ready", "the job store (Redis) is unreachable; retry shortly"),
+    error_example(NotReady.code, REDIS_DOWN_MESSAGE),
 )
 
 
@@ -123,6 +186,16 @@ def finish(spec: dict[str, Any]) -> None:
         responses: dict[str, Any] = operation.setdefault("responses", {})
         if path.startswith(REDIS_PATHS) and "503" not in responses:
             responses["503"] = copy.deepcopy(REDIS_DOWN)
+        if path.startswith(KEYED_PREFIX):
+            operation["security"] = [{SECURITY_SCHEME: []}]
+            responses.setdefault("401", copy.deepcopy(UNAUTHORIZED))
+            responses.setdefault("429", copy.deepcopy(RATE_LIMITED))
+        elif path == METRICS_PATH:
+            # Empty: no key is needed unless SD3SERVE_METRICS_REQUIRE_KEY says so.
+            operation["security"] = [{}, {SECURITY_SCHEME: []}]
+            responses.setdefault("401", copy.deepcopy(METRICS_UNAUTHORIZED))
+        if "requestBody" in operation and "413" not in responses:
+            responses["413"] = copy.deepcopy(TOO_LARGE)
         for status, response in list(responses.items()):
             if _refers_to(response, FASTAPI_422_REF):
                 response = responses[status] = copy.deepcopy(INVALID)
@@ -138,11 +211,15 @@ def finish(spec: dict[str, Any]) -> None:
             if status in ("429", "503"):
                 headers = response.setdefault("headers", {})
                 headers.setdefault("Retry-After", copy.deepcopy(RETRY_AFTER))
+            if status == "401":
+                headers = response.setdefault("headers", {})
+                headers.setdefault("WWW-Authenticate", copy.deepcopy(WWW_AUTHENTICATE))
         operation["responses"] = dict(sorted(responses.items()))
     # The envelope's schema is there: the routes' `error` responses name its model.
     schemas: dict[str, Any] = spec.get("components", {}).get("schemas", {})
     for name in FASTAPI_422_SCHEMAS:
         schemas.pop(name, None)
+    spec.setdefault("components", {})["securitySchemes"] = copy.deepcopy(SECURITY_SCHEMES)
 
 
 def render(spec: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from common.contract import MAX_SEED, GenerateParams, GenerateRequest, ModelInfo
@@ -25,11 +26,32 @@ def _check_side(name: str, value: int, info: ModelInfo) -> None:
         )
 
 
+def _check_pixels(width: int, height: int, num_images: int, info: ModelInfo) -> None:
+    image = width * height
+    if image * num_images <= info.max_pixels:
+        return
+    budget = (
+        f"model {info.id!r} makes at most {info.max_pixels:,} pixels per job (width × height × "
+        "num_images: its max_pixels in GET /v1/models)"
+    )
+    if image <= info.max_pixels:
+        raise InvalidParameter(
+            f"{num_images} images of {width}×{height} are {image * num_images:,} pixels, and "
+            f"{budget}: ask for at most {info.max_pixels // image} at this size",
+            field="num_images",
+        )
+    raise InvalidParameter(
+        f"one {width}×{height} image is {image:,} pixels, and {budget}: ask for a smaller size",
+        field="width",
+    )
+
+
 def resolve(request: GenerateRequest, info: ModelInfo) -> GenerateParams:
     width = request.width if request.width is not None else info.default_width
     height = request.height if request.height is not None else info.default_height
     _check_side("width", width, info)
     _check_side("height", height, info)
+    _check_pixels(width, height, request.num_images, info)
     return GenerateParams(
         model=info.id,
         prompt=request.prompt,
@@ -48,6 +70,11 @@ def resolve(request: GenerateRequest, info: ModelInfo) -> GenerateParams:
     )
 
 
+# ASCII digits only: str.isdigit() passes superscripts, which int() then refuses; int() reads
+# other scripts' digits and refuses over 4300 of them. Leading zeros go before any conversion.
+_SECONDS = re.compile(r"0*([0-9]{1,9})")
+
+
 def parse_prefer_wait(header: str | None, limit_s: int) -> int | None:
     """The `wait` preference of an RFC 7240 Prefer header, in seconds; other preferences pass."""
     if not header:
@@ -58,10 +85,11 @@ def parse_prefer_wait(header: str | None, limit_s: int) -> int | None:
         if name.strip().lower() != "wait":
             continue
         value = value.strip().strip('"')
-        if not value.isdigit() or int(value) > limit_s:
+        seconds = _SECONDS.fullmatch(value)
+        if seconds is None or int(seconds[1]) > limit_s:
             raise InvalidParameter(
-                f"Prefer: wait must be whole seconds from 0 to {limit_s}; got {value!r}",
+                f"Prefer: wait must be whole seconds from 0 to {limit_s}; got {value[:20]!r}",
                 field="prefer",
             )
-        return int(value)
+        return int(seconds[1])
     return None

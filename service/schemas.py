@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.contract import GenerateParams, JobStatus, ModelInfo, Progress, Timings
+from common.contract import GenerateParams, JobStatus, JobWebhook, ModelInfo, Progress, Timings
 
 OWNED_BY = "sd3-serve"
 
@@ -43,6 +43,14 @@ EXAMPLE_JOB: dict[str, Any] = {
     "error": None,
     "cancel_requested": False,
     "attempts": 1,
+    "webhook": {
+        "url": "https://example.com/hooks/sd3",
+        "events": ["succeeded", "failed", "canceled"],
+        "event": "succeeded",
+        "state": "delivered",
+        "attempts": 1,
+        "last_status": 200,
+    },
     "created_at": 1767225600.0,
     "finished_at": 1767225601.87,
     "links": {
@@ -69,6 +77,7 @@ EXAMPLE_MODEL: dict[str, Any] = {
     "default_guidance_scale": 2.0,
     "max_steps": 100,
     "max_num_images": 4,
+    "max_pixels": 16384,
     "scheduler": "FlowMatchEulerDiscreteScheduler",
     "scheduler_shift": 3.0,
     "text_encoders": [
@@ -130,6 +139,9 @@ class JobResponse(BaseModel):
     error: str | None = Field(default=None, description="Why the job failed or was canceled.")
     cancel_requested: bool = False
     attempts: int = Field(default=0, description="Times a worker started this job.")
+    webhook: JobWebhook | None = Field(
+        default=None, description="The request's webhook and its latest delivery; null without."
+    )
     created_at: float = Field(description="Unix time the job was accepted.")
     finished_at: float | None = None
     links: JobLinks

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 from anyio import to_thread
 
 from common.contract import JOB_ID, GenerateRequest, JobStatus, ModelInfo
-from common.jobstore import JobRecord
+from common.jobstore import WORKER_LOST, JobRecord
 from common.results import ResultStore, StoredImage
+from common.webhooks import WebhookConfig
+from service import admission
 from service.errors import (
+    IdempotencyKeyReused,
     ImageNotFound,
     InvalidParameter,
     JobAlreadyFinished,
@@ -21,6 +26,7 @@ from service.errors import (
     NotReady,
     QueueFull,
 )
+from service.fanout import EventHub, is_terminal
 from service.params import resolve
 from service.queue import JobQueue
 from service.registry import ModelRegistry
@@ -28,8 +34,11 @@ from service.schemas import ModelCard, ReadyResponse
 from service.settings import ApiSettings
 from service.store import ApiJobStore, EventEntry
 
-EVENT_POLL_MS = 5000
-WORKER_LOST = "the worker running this job stopped before it finished, and no retry was left"
+# How long an event stream may stay quiet before its job is looked up: expired, or failed by
+# RQ's backstop? Rare: the workers' reaper re-queues a lost worker's job, which is an event.
+LOST_CHECK_S = 30.0
+# How soon a client should retry a job refused for a full queue.
+QUEUE_FULL_RETRY_S = 10
 # How soon a client should retry when no worker has ever published a model.
 NO_MODEL_RETRY_S = 5
 
@@ -48,8 +57,10 @@ class GenerationService:
         queue: JobQueue,
         models: ModelRegistry,
         results: ResultStore,
+        hub: EventHub,
     ) -> None:
         self.settings = settings
+        self.hub = hub
         self.store = store
         self.queue = queue
         self.models = models
@@ -113,83 +124,136 @@ class GenerationService:
             )
         return cards
 
-    async def submit(self, request: GenerateRequest, info: ModelInfo | None = None) -> JobRecord:
-        """Queue the job on `info`'s model, or on the one `choose_model` picks for it."""
+    async def submit(
+        self,
+        request: GenerateRequest,
+        info: ModelInfo | None = None,
+        webhook: WebhookConfig | None = None,
+        *,
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobRecord:
+        """Queue the job on `info`'s model, or on the one `choose_model` picks for it, with the
+        webhook `service.webhooks.accept_webhook` made of the request's, owned by the API key
+        named `owner` (None: the API has no keys).
+
+        With an `idempotency_key`, the same key and body within a day return the job the first
+        request created; the same key with another body is refused. The limits, the key, the
+        record and the enqueue are one script: one round trip, and no bound is ever overrun.
+        """
         info = info or await self.choose_model(request.model)
         params = resolve(request, info)
-        depth = await to_thread.run_sync(self.queue.depth, info.id)
-        if depth >= self.settings.max_queued_jobs:
-            raise QueueFull(
-                f"{depth} jobs are queued for {info.id}, the most this service accepts; "
-                "retry later",
-                retry_after_s=10,
-            )
         job_id = uuid.uuid4().hex
-        await self.store.create(job_id, params)
-        try:
-            await to_thread.run_sync(self.queue.enqueue, job_id, info.id)
-        except Exception:
-            await self.store.fail(job_id, "the job could not be queued")
-            raise
-        return await self._record(job_id)
+        if self.queue.prepared(info.id):
+            enqueue = self.queue.enqueue_commands(job_id, info.id)
+        else:
+            enqueue = await to_thread.run_sync(self.queue.enqueue_commands, job_id, info.id)
+        create = self.store.transitions.create(
+            job_id, params, webhook, retries=self.settings.job_retries, owner=owner
+        )
+        call = admission.submit_call(
+            create,
+            job_id=job_id,
+            model=info.id,
+            limits=admission.Limits(
+                self.settings.max_queued_jobs, self.settings.max_queued_jobs_per_key
+            ),
+            owner=owner,
+            idempotency=(
+                None
+                if idempotency_key is None
+                else (idempotency_key, admission.fingerprint(request.model_dump(mode="json")))
+            ),
+            enqueue=enqueue,
+        )
+        verdict = await self.store.submit(call)
+        match verdict.admitted:
+            case admission.Admitted.created | admission.Admitted.replayed:
+                if verdict.record is None:  # replayed, but that job has since expired
+                    raise JobNotFound(
+                        f"the job this Idempotency-Key created ({verdict.detail}) has expired"
+                    )
+                return verdict.record
+            case admission.Admitted.key_reused:
+                raise IdempotencyKeyReused(
+                    f"this Idempotency-Key was used for another request (job {verdict.detail}) "
+                    "in the last 24 h; use a new key for a new request",
+                    field="idempotency-key",
+                )
+            case admission.Admitted.queue_full:
+                raise QueueFull(
+                    f"{verdict.detail} jobs are queued for {info.id}, the most this service "
+                    "accepts; retry later",
+                    retry_after_s=QUEUE_FULL_RETRY_S,
+                )
+            case admission.Admitted.owner_full:
+                raise QueueFull(
+                    f"this API key has {verdict.detail} jobs queued, the most one key may have "
+                    "(SD3SERVE_MAX_QUEUED_JOBS_PER_KEY); retry once some have started",
+                    retry_after_s=QUEUE_FULL_RETRY_S,
+                )
 
-    async def _record(self, job_id: str) -> JobRecord:
+    async def _record(self, job_id: str, owner: str | None) -> JobRecord:
+        """The job as the API key named `owner` may see it; None (the API has no keys): any.
+
+        Every read and write of a job by a client goes through here. Another key's job is
+        answered as a missing one, so that a job id tells a client nothing it did not create.
+        """
         record = await self.store.get(job_id) if JOB_ID.match(job_id) else None
-        if record is None:
+        if record is None or (owner is not None and record.owner != owner):
             raise JobNotFound(
                 f"no job {job_id!r}; jobs are kept for {self.settings.result_ttl_s} s"
             )
         if not record.status.terminal and await to_thread.run_sync(self.queue.worker_lost, job_id):
             await self.store.fail(job_id, WORKER_LOST)
-            record = await self._record(job_id)
+            record = await self._record(job_id, owner)
         return record
 
-    async def get(self, job_id: str) -> JobView:
-        record = await self._record(job_id)
+    async def get(self, job_id: str, *, owner: str | None) -> JobView:
+        record = await self._record(job_id, owner)
         position = None
         if record.status is JobStatus.queued:
             position = await to_thread.run_sync(self.queue.position, job_id, record.params.model)
         return JobView(record, position)
 
-    async def wait(self, job_id: str, timeout_s: float) -> JobView:
-        """Block until the job ends or `timeout_s` passes, then return its current view."""
-        deadline = time.monotonic() + timeout_s
-        after = "0"
-        while (left := deadline - time.monotonic()) > 0:
-            entries = await self.store.events(job_id, after, block_ms=max(1, int(left * 1000)))
-            if any(_is_terminal(kind, payload) for _, kind, payload in entries):
-                break
-            if entries:
-                after = entries[-1][0]
-        return await self.get(job_id)
+    async def wait(self, job_id: str, timeout_s: float, *, owner: str | None) -> JobView:
+        """Hold until the job ends or `timeout_s` passes, then return its current view."""
+        with anyio.move_on_after(timeout_s):
+            async with self.hub.subscribe(job_id) as queue:
+                while True:
+                    _, kind, payload = await queue.get()
+                    if is_terminal(kind, payload):
+                        break
+        return await self.get(job_id, owner=owner)
 
-    async def events(self, job_id: str) -> AsyncIterator[EventEntry]:
+    async def events(self, job_id: str, *, owner: str | None) -> AsyncIterator[EventEntry]:
         """Every event of the job from its start, ending with its final state."""
-        await self._record(job_id)
-        after = "0"
-        while True:
-            entries = await self.store.events(job_id, after, block_ms=EVENT_POLL_MS)
-            for entry in entries:
+        await self._record(job_id, owner)
+        async with self.hub.subscribe(job_id) as queue:
+            while True:
+                entry = None
+                # Jittered, so a thousand quiet streams do not all look their jobs up at once.
+                with anyio.move_on_after(LOST_CHECK_S * random.uniform(0.5, 1.5)):
+                    entry = await queue.get()
+                if entry is None:
+                    # Quiet for a while: make sure the job has not been lost with its worker.
+                    await self._record(job_id, owner)
+                    continue
                 yield entry
-                if _is_terminal(entry[1], entry[2]):
+                if is_terminal(entry[1], entry[2]):
                     return
-            if entries:
-                after = entries[-1][0]
-            else:
-                # Quiet for a while: make sure the job has not been lost with its worker.
-                await self._record(job_id)
 
-    async def cancel(self, job_id: str) -> JobView:
-        record = await self._record(job_id)
+    async def cancel(self, job_id: str, *, owner: str | None) -> JobView:
+        record = await self._record(job_id, owner)
         outcome = await self.store.cancel(job_id)
         if outcome == "canceled":
             await to_thread.run_sync(self.queue.remove, job_id, record.params.model)
         elif outcome != "cancel_requested":
             raise JobAlreadyFinished(f"job {job_id} already {outcome}; nothing to cancel")
-        return await self.get(job_id)
+        return await self.get(job_id, owner=owner)
 
-    async def image(self, job_id: str, index: int) -> StoredImage:
-        record = await self._finished_image(job_id, index)
+    async def image(self, job_id: str, index: int, *, owner: str | None) -> StoredImage:
+        record = await self._finished_image(job_id, index, owner)
         image = await to_thread.run_sync(
             self.results.get, job_id, index, record.params.output_format
         )
@@ -197,8 +261,8 @@ class GenerationService:
             raise ImageNotFound(f"image {index} of job {job_id} has expired")
         return image
 
-    async def _finished_image(self, job_id: str, index: int) -> JobRecord:
-        record = await self._record(job_id)
+    async def _finished_image(self, job_id: str, index: int, owner: str | None) -> JobRecord:
+        record = await self._record(job_id, owner)
         if record.status is not JobStatus.succeeded:
             raise ImageNotFound(f"job {job_id} is {record.status}; images exist once it succeeds")
         if not 0 <= index < record.image_count:
@@ -226,7 +290,3 @@ class GenerationService:
         except Exception:
             return ReadyResponse(ready=False, redis=False, workers=0)
         return ReadyResponse(ready=redis_ok, redis=redis_ok, workers=workers)
-
-
-def _is_terminal(kind: str, payload: dict[str, object]) -> bool:
-    return kind == "status" and JobStatus(str(payload["status"])).terminal

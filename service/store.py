@@ -6,7 +6,9 @@ from redis.asyncio import Redis
 
 from common import jobstore, keys
 from common.contract import GenerateParams, JobStatus
-from common.jobstore import JobRecord, Outcome
+from common.jobstore import JobRecord, Outcome, ScriptCall
+from common.webhooks import WebhookConfig
+from service.admission import SUBMIT, Verdict, decode_verdict
 
 # A blocking read must return well inside the client's socket timeout (redis-py: 5 s).
 MAX_BLOCK_MS = 2000
@@ -21,12 +23,28 @@ class ApiJobStore:
         self.ttl_s = ttl_s
         self.transitions = jobstore.Transitions(ttl_s)
         self._create = redis.register_script(jobstore.CREATE)
+        self._submit = redis.register_script(SUBMIT)
         self._finish = redis.register_script(jobstore.FINISH)
         self._cancel = redis.register_script(jobstore.CANCEL)
 
-    async def create(self, job_id: str, params: GenerateParams) -> None:
-        call = self.transitions.create(job_id, params)
+    async def create(
+        self,
+        job_id: str,
+        params: GenerateParams,
+        webhook: WebhookConfig | None = None,
+        *,
+        retries: int = 0,
+        owner: str | None = None,
+    ) -> None:
+        """`retries`: re-runs the job is allowed after losing its worker; `owner`: the name of
+        the API key creating it, the only one that may see it."""
+        call = self.transitions.create(job_id, params, webhook, retries=retries, owner=owner)
         await self._create(keys=call.keys, args=call.args)
+
+    async def submit(self, call: ScriptCall) -> Verdict:
+        """Run service.admission.SUBMIT: admit the job (create and enqueue it) or say why not."""
+        reply: list[object] = await self._submit(keys=call.keys, args=call.args)
+        return decode_verdict(reply)
 
     async def get(self, job_id: str) -> JobRecord | None:
         fields: dict[str, str] = await self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]

@@ -25,6 +25,9 @@ from service.dev import Stack, free_port, wait_until
 START_TIMEOUT_S = 120
 # The random tiny model's folder, and so its model name.
 TINY_MODEL = "tiny-sd3"
+# The tiny model's native 64×64 would cap a job at 4 × 64² pixels by default; the tests' slow
+# jobs (one 384×384 image) need more: one image at its largest size, 512×512.
+TEST_MAX_PIXELS = 512 * 512
 
 
 @dataclass
@@ -56,7 +59,12 @@ def settings_env(**settings: object) -> dict[str, str]:
 def base_env(redis_url: str, results_dir: Path, model_dir: Path) -> dict[str, str]:
     return (
         dict(os.environ)
-        | settings_env(redis_url=redis_url, result_store=f"file://{results_dir}", model=model_dir)
+        | settings_env(
+            redis_url=redis_url,
+            result_store=f"file://{results_dir}",
+            model=model_dir,
+            max_pixels=TEST_MAX_PIXELS,
+        )
         | {"PYTHONUNBUFFERED": "1"}
     )
 

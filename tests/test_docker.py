@@ -36,7 +36,7 @@ from redis import Redis
 from common import keys
 from common.settings import ENV_PREFIX, env_var
 from service.cli import parser
-from service.dev import Stack, free_port, wait_until
+from service.dev import REDIS_DURABILITY, Stack, free_port, wait_until
 from service.settings import ApiSettings
 from tests.harness import Api, start_redis, worker_count
 from tests.helpers import fetch_image, submit
@@ -278,11 +278,13 @@ def test_every_image_is_pinned() -> None:
 
 
 def test_redis_is_durable_and_health_checked() -> None:
+    """As `sd3-serve dev` runs its own (REDIS_DURABILITY), its data on a volume."""
     redis = services("default")["redis"]
-    command = " ".join(redis["command"])
-    for option in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction"):
-        assert option in command
-    assert volume(redis, "/data")["type"] == "volume"
+    command = redis["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    for flag, value in zip(REDIS_DURABILITY[::2], REDIS_DURABILITY[1::2], strict=True):
+        assert flags[flag] == value, flag
+    assert volume(redis, flags["--dir"])["type"] == "volume"
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 

@@ -135,6 +135,11 @@ def test_every_operation_reaching_redis_declares_503(spec: dict[str, Any]) -> No
     assert "503" not in operation(spec, "healthz")["responses"]
 
 
+def test_every_operation_with_a_body_declares_413(spec: dict[str, Any]) -> None:
+    for path, method, op in operations(spec):
+        assert ("413" in op["responses"]) == ("requestBody" in op), f"{method.upper()} {path}"
+
+
 def test_429_and_503_declare_retry_after(spec: dict[str, Any]) -> None:
     seen = set()
     for path, method, op in operations(spec):
@@ -155,7 +160,7 @@ def test_the_specific_errors_are_declared(spec: dict[str, Any]) -> None:
 
 def test_generate_declares_its_statuses_and_headers(spec: dict[str, Any]) -> None:
     responses = operation(spec, "generate")["responses"]
-    assert set(responses) == {"200", "202", "422", "429", "503"}
+    assert set(responses) == {"200", "202", "401", "413", "422", "429", "503"}
     for status in ("200", "202"):
         headers = responses[status]["headers"]
         assert headers["Location"]["required"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,11 +98,75 @@ def test_prefer_wait_parsing(header: str | None, expected: int | None) -> None:
     assert parse_prefer_wait(header, 60) == expected
 
 
-@pytest.mark.parametrize("header", ["wait=61", "wait=", "wait=-2", "wait=2.5", "wait=abc"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "wait=61",
+        "wait=",
+        "wait=-2",
+        "wait=2.5",
+        "wait=abc",
+        # str.isdigit() passes superscripts, which int() then refuses.
+        "wait=¹",
+        "wait=²",
+        "wait=³",
+        # Digits of other scripts, which int() would read.
+        "wait=٣",
+        "wait=３",
+        "wait=" + "9" * 5000,  # past int()'s 4300 digits
+        "wait=1e3",
+        "wait=0x10",
+        "wait=+5",
+        "wait=5 s",
+    ],
+)
 def test_prefer_wait_refusals(header: str) -> None:
     with pytest.raises(InvalidParameter) as err:
         parse_prefer_wait(header, 60)
     assert err.value.field == "prefer"
+    assert len(err.value.message) < 200
+
+
+def test_prefer_wait_leading_zeros() -> None:
+    assert parse_prefer_wait("wait=" + "0" * 5000 + "7", 60) == 7
+    assert parse_prefer_wait("wait=000", 60) == 0
+
+
+def test_pixel_budget_defaults_to_four_native_images() -> None:
+    assert SD3.max_pixels == 4 * 1024 * 1024
+    # A record published by a worker older than the field: the same default.
+    old = SD3.model_dump(exclude={"max_pixels"})
+    assert ModelInfo.model_validate_json(json.dumps(old)).max_pixels == 4 * 1024 * 1024
+    assert SD3.model_copy(update={"max_pixels": 5}).max_pixels == 5
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "num_images"),
+    [(1024, 1024, 4), (2048, 2048, 1), (1216, 832, 4), (2048, 1024, 2)],
+)
+def test_pixel_budget_admits(width: int, height: int, num_images: int) -> None:
+    request = GenerateRequest(prompt="a", width=width, height=height, num_images=num_images)
+    assert resolve(request, SD3).num_images == num_images
+
+
+@pytest.mark.parametrize(
+    ("budget", "width", "height", "num_images", "field", "words"),
+    [
+        (None, 2048, 2048, 2, "num_images", "at most 4,194,304 pixels per job"),
+        (None, 2048, 1024, 3, "num_images", "ask for at most 2 at this size"),
+        (512 * 512, 1024, 1024, 1, "width", "at most 262,144 pixels per job"),
+        (512 * 512, 512, 512, 2, "num_images", "ask for at most 1 at this size"),
+    ],
+)
+def test_pixel_budget_refuses_naming_the_field(
+    budget: int | None, width: int, height: int, num_images: int, field: str, words: str
+) -> None:
+    info = SD3 if budget is None else SD3.model_copy(update={"max_pixels": budget})
+    request = GenerateRequest(prompt="a", width=width, height=height, num_images=num_images)
+    with pytest.raises(InvalidParameter) as err:
+        resolve(request, info)
+    assert err.value.field == field
+    assert words in err.value.message, err.value.message
 
 
 def test_metric_labels_are_bounded() -> None:

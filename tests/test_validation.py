@@ -131,3 +131,37 @@ def test_image_index_out_of_range(api: Api) -> None:
 def test_unknown_route_and_method_use_the_envelope(api: Api) -> None:
     assert_error(api.client.get("/v2/generate"), 404, "not_found", None)
     assert_error(api.client.get("/v1/generate"), 405, "method_not_allowed", None)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/generate", "POST"),
+        ("PUT", "/v1/jobs/0123456789abcdef0123456789abcdef", "GET, DELETE"),  # two routes
+        ("POST", "/v1/jobs/0123456789abcdef0123456789abcdef/images/0", "GET"),
+        ("DELETE", "/v1/models", "GET"),
+        ("GET", "/v1/images/generations", "POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_405_names_the_allowed_methods(api: Api, method: str, path: str, allow: str) -> None:
+    response = api.client.request(method, path)
+    error = assert_error(response, 405, "method_not_allowed", None)
+    assert response.headers["allow"] == allow
+    assert allow in error["message"]
+
+
+# Arabic-Indic and fullwidth zeros percent-encoded, as a client sends them.
+NON_CANONICAL_INDICES = ["+0", "%200", "0%20", "00", "01", "0x0", "0_0", "0.0", "1e0", "-0"]
+NON_CANONICAL_INDICES += ["%D9%A0", "%EF%BC%90"]
+
+
+def test_only_the_canonical_image_index(api: Api) -> None:
+    job = submit(api, prefer="wait=60", prompt="x", steps=1, num_images=2).json()
+    assert job["status"] == "succeeded"
+    base = f"/v1/jobs/{job['id']}/images"
+    assert [api.client.get(f"{base}/{i}").status_code for i in ("0", "1")] == [200, 200]
+    for index in NON_CANONICAL_INDICES:
+        response = api.client.get(f"{base}/{index}")
+        assert response.status_code in (404, 422), (index, response.text)
+        assert response.json()["error"]["field"] == "index", index

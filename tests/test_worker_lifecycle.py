@@ -34,7 +34,7 @@ def bare(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[
     """Redis and the API with no worker: each test starts the workers it needs."""
     fast_failover = settings_env(
         heartbeat_s=1,  # a killed worker's heartbeat lapses within 3 s
-        job_heartbeat_s=2,  # and its job counts as abandoned 2 s after its last step
+        worker_lost_after_s=3,  # and its job is taken back within 3 s of its last beat
     )
     with deployment(tmp_path_factory.mktemp("bare"), model_dir, fast_failover) as bare:
         yield bare
@@ -100,7 +100,7 @@ def test_accepted_job_survives_its_worker_dying(bare: Deployment) -> None:
     api = bare.api
     first = start_worker(bare.stack, bare.env, "lifecycle-b")
     poll(lambda: worker_count(api) == 1, "the first worker")
-    job = submit(api, prompt="outlives its worker", width=384, height=384, steps=60).json()
+    job = submit(api, prompt="outlives its worker", width=384, height=384, steps=30).json()
     first_progress(api, job["id"])
     first.process.kill()  # no clean-up at all, as in a crash or an OOM kill
     first.process.wait(timeout=30)

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from typing import Any
 
 import torch
 from redis import Redis
+from redis.client import PubSub, PubSubWorkerThread
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker, get_current_job
+from rq import Queue, SimpleWorker, worker_registration
+from rq.exceptions import DequeueTimeout
 from rq.job import Job
+from rq.logutils import setup_loghandlers
+from rq.utils import now
+from rq.worker.base import WorkerStatus
 
 from common import keys, workers
 from common.contract import ModelInfo
 from worker import metrics, tasks
 from worker.pipeline import WarmPipeline
+from worker.recovery import REDIS_DOWN, RETRY_FIRST_S, RETRY_MAX_S, Outage, Reaper, connect, pause
 from worker.runner import JobRunner
 from worker.settings import WorkerSettings
-from worker.store import WorkerJobStore
+from worker.store import WorkerJobStore, new_worker_id
 
 log = logging.getLogger("sd3serve.worker")
 
@@ -29,31 +36,139 @@ log = logging.getLogger("sd3serve.worker")
 IDLE_POLL_S = 1
 # How often a worker deletes images older than the result TTL.
 PURGE_EVERY_S = 600
+# RQ sets its connection's socket timeout to this less 5 s (11 s): a Redis that stops answering
+# fails a command within that, instead of RQ's default seven minutes, and a stop asked for then
+# is honoured that soon.
+RQ_WORKER_TTL_S = 16
+# How long a pub/sub thread that lost Redis waits before it tries again.
+PUBSUB_RETRY_S = 2.0
 
 
 class WarmWorker(SimpleWorker):
-    """Runs jobs in this very process.
+    """Runs jobs in this very process, and rides out Redis outages.
 
     RQ's default worker forks a child per job; the child would lose the warm pipeline (and a
     fork after CUDA has started is unsafe), so every job runs here, one at a time.
     """
 
-    def keep_alive(self, ttl_s: int) -> None:
-        """Push the running job's expiry `ttl_s` ahead, from inside the job.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # `run` shares its own; a worker built alone (as tests do) has one to itself.
+        self.outage = Outage()
+        # Puts a job this worker popped but could not start back on its queue (`run` sets it).
+        self.give_back: Callable[[str], None] = _keep
+        self._born = False
 
-        RQ's own monitor lives in the parent of a forked job; with no fork nobody refreshes the
-        job while it runs, so a worker that died mid-job would go unnoticed until the job's
-        whole timeout had passed. The runner calls this between denoising steps instead.
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    def serve(self, logging_level: str = "WARNING") -> None:
+        """RQ's job loop (`work`), resumed after every Redis outage until a stop is requested.
+
+        RQ's own loop quits for good on the first error from Redis, so a worker would have to be
+        restarted, and reload its pipeline, after any Redis restart. Here an outage costs only
+        the wait: Redis is tried again with a growing backoff, logged once per outage, and a
+        stop is honoured within a moment. A job popped but not started when Redis went away is
+        put back on its queue once Redis is back; one the runner started, it finishes itself.
         """
-        job = get_current_job()
-        execution = self.execution
-        if job is None or execution is None:
+        for logger in ("rq.worker", "rq.job"):
+            setup_loghandlers(logging_level, name=logger)
+        self._install_signal_handlers()  # type: ignore[no-untyped-call]
+        registered = False
+        in_hand: str | None = None
+        delay = RETRY_FIRST_S
+        try:
+            while not self._stop_requested:
+                try:
+                    if not registered:
+                        self._register()
+                        registered = True
+                    if in_hand is not None:
+                        self.give_back(in_hand)
+                        in_hand = None
+                    self.check_for_suspension(burst=False)
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+                    result = self.dequeue_job_and_maintain_ttl(self.dequeue_timeout)
+                    if result is None:
+                        break
+                    job, queue = result
+                    in_hand = job.id
+                    self.execute_job(job, queue)
+                    in_hand = None
+                    self.heartbeat()
+                except REDIS_DOWN as exc:
+                    self.outage.failed(exc)
+                    # RQ's record of a run cut short is left for the reaper: this worker stops
+                    # keeping it alive, and registers itself afresh once Redis is back.
+                    self.executions.clear()
+                    registered = False
+                    pause(delay, lambda: self._stop_requested)
+                    delay = min(2 * delay, RETRY_MAX_S)
+                else:
+                    self.outage.ok()
+                    delay = RETRY_FIRST_S
+        finally:
+            self._retire()
+
+    def _register(self) -> None:
+        """RQ's bootstrap, done again after an outage: Redis may have lost this worker's record
+        (or kept it, death-less, which RQ's registration would take for a live namesake)."""
+        if not self._born:
+            self.register_birth()  # type: ignore[no-untyped-call]
+            self._born = True
+        else:
+            with self.connection.pipeline() as pipe:
+                pipe.delete(self.key)
+                pipe.hset(self.key, mapping=self.serialize())
+                worker_registration.register(self, pipe)
+                pipe.expire(self.key, self.worker_ttl + 60)
+                pipe.execute()
+        if self.pubsub_thread is None:
+            self.subscribe()  # type: ignore[no-untyped-call]
+        self.set_state(WorkerStatus.STARTED)
+
+    def _retire(self) -> None:
+        """RQ's teardown, as far as Redis allows: a worker stopping during an outage still exits."""
+        if self._born:
+            try:
+                self.register_death()
+            except REDIS_DOWN:
+                log.warning("could not record this worker's exit in Redis; its record lapses")
+        if self.pubsub_thread is not None:
+            try:
+                self.unsubscribe()
+            except REDIS_DOWN:
+                self.pubsub_thread.stop()
+
+    def _pubsub_exception_handler(
+        self, exc: Exception, pubsub: PubSub, pubsub_thread: PubSubWorkerThread
+    ) -> None:
+        # RQ logs an error every retry; an outage is logged once, by the Outage.
+        if isinstance(exc, REDIS_DOWN):
+            self.outage.failed(exc)
+            time.sleep(PUBSUB_RETRY_S)
             return
-        with self.connection.pipeline() as pipeline:
-            self.heartbeat(ttl_s + 60, pipeline=pipeline)
-            execution.heartbeat(job.started_job_registry, ttl_s, pipeline=pipeline)
-            job.heartbeat(datetime.now(UTC), ttl_s, pipeline=pipeline, xx=True)
-            pipeline.execute()
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+    def keep_alive(self, connection: Redis, ttl_s: int) -> None:
+        """Push RQ's own expiry of the running job `ttl_s` ahead, from the heartbeat thread.
+
+        RQ's own monitor lives in the parent of a forked job; with no fork nobody would refresh
+        the job while it runs, and RQ would take a long one for abandoned. `connection` is the
+        heartbeat thread's, so a refresh never waits behind the job's own commands.
+        """
+        running = list(self.executions.values())
+        if not running:
+            return
+        execution = running[0]
+        job = execution.job
+        with connection.pipeline() as pipe:
+            self.heartbeat(ttl_s + 60, pipeline=pipe)
+            execution.heartbeat(job.started_job_registry, ttl_s, pipeline=pipe)
+            job.heartbeat(now(), ttl_s, pipeline=pipe, xx=True)
+            pipe.execute()
 
     def _shutdown(self) -> None:
         """Note a warm stop; the job loop acts on it. Runs inside the SIGTERM/SIGINT handler.
@@ -73,15 +188,34 @@ class WarmWorker(SimpleWorker):
     ) -> tuple[Job, Queue] | None:
         """Wait for a job in short blocking polls, giving up once a stop is requested.
 
-        This worker never sets an idle limit, so `max_idle_time` is not looked at.
+        RQ's own wait retries a Redis that is down, with a backoff of up to a minute, without
+        looking at the stop flag: a worker asked to stop during an outage stayed. Here an error
+        from Redis is raised to `serve`, which waits it out watching the flag. This worker
+        never sets an idle limit, so `max_idle_time` is not looked at.
         """
         if timeout is None:  # burst mode: RQ does not block at all
             return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+        self.set_state(WorkerStatus.IDLE)
         while not self._stop_requested:
-            wait = min(timeout, IDLE_POLL_S)
-            # With an idle limit equal to the wait, RQ returns None after one empty poll.
-            result = super().dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
+            self.heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            try:
+                result = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    min(timeout, IDLE_POLL_S),
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except DequeueTimeout:
+                continue
             if result is not None:
+                job, queue = result
+                self.reorder_queues(reference_queue=queue)
+                job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+                self.heartbeat()
                 return result
         return None
 
@@ -95,27 +229,89 @@ class WarmWorker(SimpleWorker):
         super().register_death()  # type: ignore[no-untyped-call]
 
 
-class Heartbeat:
-    """Keeps this worker counted as warm and its model's record in Redis, and purges results.
+def _keep(job_id: str) -> None:
+    """A worker with no reaper leaves a job it could not start to another worker's."""
 
-    Each beat rewrites the model record, so a Redis that lost it (a restart without
-    persistence, a flush) has it back within one period, and jobs for the model are accepted
-    again without restarting any worker.
+
+class Heartbeat:
+    """The worker's signs of life, on a thread of their own: they go on whatever the job is
+    doing (torch releases the GIL in its long operations), so a long step never silences them.
+
+    Each beat counts the worker warm and rewrites its model's record (so a Redis that lost it,
+    after a restart without persistence or a flush, has it back within one period, and jobs for
+    the model are accepted again without restarting any worker); tells the reapers that this run
+    of the process is alive, and which job it runs; and pushes RQ's own expiry of that job
+    ahead, so that RQ never takes a live worker's job for abandoned.
     """
 
-    def __init__(self, settings: WorkerSettings, redis: Redis, info: ModelInfo) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        redis: Redis,
+        info: ModelInfo,
+        worker_id: str,
+        running: Callable[[], str | None],
+        keep_alive: Callable[[Redis], None],
+        outage: Outage,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.info = info
-        self.results = settings.open_results()
+        self.worker_id = worker_id
+        self.running = running
+        self.keep_alive = keep_alive
+        self.outage = outage
         self._beat = redis.register_script(workers.BEAT)
+        self._alive = redis.register_script(workers.ALIVE)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
     def beat(self) -> None:
         ttl = max(2, int(self.settings.heartbeat_s * 3))  # lapses after three missed beats
-        keys, args = workers.beat_call(self.settings.worker_name, ttl, self.info)
-        self._beat(keys=keys, args=args)
+        beat_keys, args = workers.beat_call(self.settings.worker_name, ttl, self.info)
+        self._beat(keys=beat_keys, args=args)
+        alive_keys, args = workers.alive_call(self.worker_id, self.info.id, self.running())
+        self._alive(keys=alive_keys, args=args)
+        self.keep_alive(self.redis)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.settings.heartbeat_s):
+            try:
+                self.beat()
+            except REDIS_DOWN as exc:
+                self.outage.failed(exc)
+            except Exception:  # a fault in one beat must not end the heartbeat for good
+                log.exception("heartbeat failed")
+            else:
+                self.outage.ok()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        try:
+            with self.redis.pipeline() as pipe:
+                pipe.zrem(keys.workers(self.info.id), self.settings.worker_name)
+                # A job this worker holds still (left in an outage) is taken back at once.
+                pipe.zrem(keys.beats(self.info.id), self.worker_id)
+                pipe.execute()
+        except RedisError:
+            log.warning("could not retire this worker's heartbeat; it lapses by itself")
+
+
+class Housekeeping:
+    """Taking back the jobs of workers that are gone, and purging old results, on a thread of
+    their own: a slow purge of an object store must not hold up a heartbeat."""
+
+    def __init__(self, settings: WorkerSettings, reaper: Reaper, outage: Outage) -> None:
+        self.settings = settings
+        self.reaper = reaper
+        self.outage = outage
+        self.results = settings.open_results()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -124,20 +320,23 @@ class Heartbeat:
         last_purge = float("-inf")
         while not self.stopped.wait(self.settings.heartbeat_s):
             try:
-                self.beat()
-                if time.monotonic() - last_purge > PURGE_EVERY_S:
+                self.reaper.reap()
+            except REDIS_DOWN as exc:
+                self.outage.failed(exc)
+            except Exception:
+                log.exception("looking for the jobs of lost workers failed")
+            else:
+                self.outage.ok()
+            if time.monotonic() - last_purge > PURGE_EVERY_S:
+                try:
                     self.results.purge_older_than(self.settings.result_ttl_s)
                     last_purge = time.monotonic()
-            except Exception:  # a Redis or store blip must not kill the heartbeat for good
-                log.exception("heartbeat failed")
+                except Exception:  # a store blip: tried again at the next period
+                    log.exception("purging old results failed")
 
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(timeout=5)
-        try:
-            self.redis.zrem(keys.workers(self.info.id), self.settings.worker_name)
-        except RedisError:
-            log.warning("could not retire this worker's heartbeat; it lapses by itself")
 
 
 def _redis_answers(redis: Redis) -> Callable[[], bool]:
@@ -154,9 +353,10 @@ def run(settings: WorkerSettings) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     name = settings.served_name
-    redis = Redis.from_url(str(settings.redis_url), decode_responses=True)
+    url = str(settings.redis_url)
+    outage = Outage()  # shared by every thread of the process that talks to Redis
     # The probe's own client: a short timeout, so a stalled Redis fails /readyz, not the prober.
-    probe = Redis.from_url(str(settings.redis_url), socket_timeout=1, socket_connect_timeout=1)
+    probe = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
     warm = threading.Event()
     server = metrics.start_http_server(
         settings.metrics_host, settings.metrics_port, warm, _redis_answers(probe)
@@ -176,39 +376,68 @@ def run(settings: WorkerSettings) -> None:
         pipeline.warm_up()
         metrics.WARMUP.set(time.perf_counter() - started)
 
-    store = WorkerJobStore(redis, settings.result_ttl_s)
-    rq_redis = Redis.from_url(str(settings.redis_url))  # RQ wants raw bytes
+    worker_id = new_worker_id(settings.worker_name)
+    store = WorkerJobStore(
+        connect(url, decode=True),
+        settings.result_ttl_s,
+        worker=worker_id,
+        silence_s=settings.silence_s,
+    )
+    rq_redis = connect(url)  # RQ wants raw bytes
     worker = WarmWorker(
         [Queue(keys.queue_name(name), connection=rq_redis)],
         connection=rq_redis,
         name=settings.worker_name,
         maintenance_interval=settings.maintenance_interval_s,
-        # RQ sets its connections' socket timeout to this less 5 s: a Redis that stops
-        # answering fails the command within a minute instead of RQ's default seven.
-        worker_ttl=60,
+        worker_ttl=RQ_WORKER_TTL_S,
     )
+    worker.outage = outage
     runner = JobRunner(
         pipeline,
         store,
         settings.open_results(),
         metrics.JobLabels(name, settings.resolution_labels(), settings.step_labels()),
-        keep_alive=lambda: worker.keep_alive(settings.job_heartbeat_s),
+        outage=outage,
+        stopping=lambda: worker.stop_requested,
     )
     tasks.install(runner)
-
-    heartbeat = Heartbeat(settings, redis, pipeline.info)
+    # Each thread its own client, so that no thread's commands queue behind another's.
+    reaper = Reaper(
+        connect(url, decode=True),
+        name,
+        ttl_s=settings.result_ttl_s,
+        silence_s=settings.silence_s,
+        outage=outage,
+    )
+    worker.give_back = reaper.give_back
+    # RQ's expiry of a running job, pushed ahead by every beat: past the reapers' deadline, so
+    # that a job of a worker that died is taken back by a reaper, never abandoned by RQ too.
+    rq_ttl_s = math.ceil(settings.worker_lost_after_s) + 60
+    heartbeat = Heartbeat(
+        settings,
+        connect(url, decode=True),
+        pipeline.info,
+        worker_id,
+        lambda: runner.current,
+        lambda redis: worker.keep_alive(redis, rq_ttl_s),
+        outage,
+    )
     heartbeat.beat()  # publish the model before announcing readiness
+    reaper.reap()  # jobs of workers that died while none was up to notice
+    housekeeping = Housekeeping(settings, reaper, outage)
     warm.set()
     metrics.READY.labels(name).set(1)
     heartbeat.start()
+    housekeeping.start()
     print(
         f"sd3-serve worker {settings.worker_name} ready, serving {name}; metrics at {metrics_url}",
         flush=True,
     )
     try:
-        worker.work(logging_level="WARNING")
+        worker.serve(logging_level="WARNING")
     finally:
         warm.clear()
         metrics.READY.labels(name).set(0)
+        housekeeping.stop()
         heartbeat.stop()
         server.shutdown()

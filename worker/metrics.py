@@ -13,7 +13,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 45, 60, 90, 120, 180, 300, 600)
-STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
+# From a small model's step on a GPU (5 ms) to a real model's on a CPU (tens of seconds, minutes
+# at 1024²); prompt encoding, T5-XXL and all, spans the same range.
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 
 # Every label is bounded: one model per worker, configured resolutions and step counts (the
 # rest counted as "other"), and the five job states.
@@ -40,6 +42,12 @@ STEP = Histogram(
     "sd3serve_step_seconds",
     "Time per denoising step.",
     ["model", "resolution"],
+    buckets=STEP_BUCKETS,
+)
+PROMPT_ENCODE = Histogram(
+    "sd3serve_prompt_encode_seconds",
+    "Text encoding of a job's prompt and negative prompt (CLIP-L, CLIP-G, T5), before denoising.",
+    ["model"],
     buckets=STEP_BUCKETS,
 )
 ENCODE = Histogram(

@@ -6,6 +6,9 @@ thread only; scale out by running more worker processes.
 
 from __future__ import annotations
 
+import functools
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,20 @@ from common.contract import (
     ModelInfo,
     OutputFormat,
     ServingDefaults,
+    default_max_pixels,
 )
+from worker import metrics
+from worker.sd3_build import NO_T5_MAX_SEQUENCE_LENGTH
 from worker.settings import BUNDLED, BUNDLED_MODEL_DIR, WorkerSettings
 
 StepCallback = Callable[[int, int], None]
-"""Called after each denoising step with (steps done, total); may raise to abort the job."""
+"""Called with (0, total) once the prompt is encoded and denoising starts, then after each
+denoising step with (steps done, total); may raise to abort the job."""
+
+# Square matrices the size of a small layer: big enough for the CPU's matrix kernels to show
+# their speed, small enough that even emulated bfloat16 takes milliseconds.
+_PROBE_SIDE = 256
+_PROBE_RUNS = 5
 
 
 def choose_device(requested: str) -> torch.device:
@@ -35,10 +47,59 @@ def choose_device(requested: str) -> torch.device:
 
 def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda" or (device.type == "cpu" and cpu_bfloat16_is_faster()):
+            return torch.bfloat16
+        return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         requested
     ]
+
+
+@functools.cache
+def cpu_bfloat16_is_faster() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices faster than float32 ones; measured once.
+
+    Where the CPU has bfloat16 instructions (AVX512-BF16, AMX) it does, and the weights take
+    half the memory besides; elsewhere torch emulates bfloat16, several times slower.
+    """
+
+    def best_time(dtype: torch.dtype) -> float:
+        a = torch.randn(_PROBE_SIDE, _PROBE_SIDE, dtype=dtype)
+        b = torch.randn(_PROBE_SIDE, _PROBE_SIDE, dtype=dtype)
+        torch.mm(a, b)  # the first call pays for choosing a kernel
+        times = []
+        for _ in range(_PROBE_RUNS):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - started)
+        return min(times)  # the least disturbed by whatever else the machine runs
+
+    return best_time(torch.bfloat16) < best_time(torch.float32)
+
+
+def set_vae_tile(vae: Any, pixels: int) -> None:
+    """Make the tiles the VAE decodes in, once tiling is enabled, squares of at most `pixels`.
+
+    diffusers sizes them by the VAE's sample_size (1024 for SD3's, 32 for the tiny model's),
+    which would make a threshold below 1024² tile nothing, and tile small models absurdly.
+    """
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)  # image pixels per latent pixel
+    latent_side = max(1, math.isqrt(pixels) // scale)
+    vae.tile_latent_min_size = latent_side
+    vae.tile_sample_min_size = latent_side * scale
+
+
+def has_t5(model: str) -> bool:
+    """Whether the folder (or hub id) has a T5 encoder; diffusers records one left out as null."""
+    index = StableDiffusion3Pipeline.load_config(model)
+    library, _ = index.get("text_encoder_3") or (None, None)
+    return library is not None
+
+
+def _synchronize(device: torch.device) -> None:
+    # CUDA runs kernels asynchronously: without waiting, a timing would measure their launch.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def resolve_model(settings: WorkerSettings) -> str:
@@ -59,7 +120,7 @@ class WarmPipeline:
         self.device = choose_device(settings.torch_device)
         self.dtype = choose_dtype(settings.torch_dtype, self.device)
         extra: dict[str, Any] = {}
-        if settings.drop_t5:
+        if settings.drop_t5 or not has_t5(model):
             extra = {"text_encoder_3": None, "tokenizer_3": None}
         pipe = StableDiffusion3Pipeline.from_pretrained(model, dtype=self.dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
@@ -67,7 +128,13 @@ class WarmPipeline:
         defaults = ServingDefaults.load(Path(model))
         # T5 and the joint attention both see the padding, so a model must be called with the
         # context length it was trained with.
-        self.max_sequence_length = defaults.max_sequence_length or PIPELINE_MAX_SEQUENCE_LENGTH
+        self.max_sequence_length = defaults.max_sequence_length or (
+            PIPELINE_MAX_SEQUENCE_LENGTH
+            if pipe.text_encoder_3 is not None
+            else NO_T5_MAX_SEQUENCE_LENGTH
+        )
+        self.vae_tile_above = settings.vae_tile_above
+        set_vae_tile(pipe.vae, settings.vae_tile_above)
         self.info = self._describe(settings, defaults)
 
     def _describe(self, settings: WorkerSettings, defaults: ServingDefaults) -> ModelInfo:
@@ -95,6 +162,11 @@ class WarmPipeline:
             max_size=max_side,
             default_width=default_side,
             default_height=default_side,
+            max_pixels=(
+                default_max_pixels(default_side, default_side)
+                if settings.max_pixels is None
+                else settings.max_pixels
+            ),
             default_steps=defaults.default_steps or settings.default_steps,
             default_guidance_scale=(
                 settings.default_guidance_scale
@@ -108,6 +180,11 @@ class WarmPipeline:
 
     def generate(self, params: GenerateParams, on_step: StepCallback | None = None) -> list[Image]:
         """Run one job. Image k uses seed + k, drawn on the CPU so seeds agree across devices."""
+        return self._generate(params, on_step, observe=True)
+
+    def _generate(
+        self, params: GenerateParams, on_step: StepCallback | None, *, observe: bool
+    ) -> list[Image]:
         generators = [
             torch.Generator(device="cpu").manual_seed(params.seed + k)
             for k in range(params.num_images)
@@ -118,17 +195,42 @@ class WarmPipeline:
                 on_step(step + 1, params.steps)
             return kwargs
 
+        if params.width * params.height > self.vae_tile_above:
+            self.pipe.vae.enable_tiling()
+        else:
+            self.pipe.vae.disable_tiling()
         with torch.inference_mode():
-            out = self.pipe(
+            # Encoded here rather than inside the pipeline call, so that its time is measured
+            # apart from the denoising steps'.
+            started = time.perf_counter()
+            embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
                 prompt=params.prompt,
+                prompt_2=None,
+                prompt_3=None,
                 negative_prompt=params.negative_prompt,
+                # The pipeline's own rule: guidance above 1 runs the negative prompt too.
+                do_classifier_free_guidance=params.guidance_scale > 1,
+                num_images_per_prompt=params.num_images,
+                device=self.device,
+                max_sequence_length=self.max_sequence_length,
+            )
+            _synchronize(self.device)
+            if observe:
+                metrics.PROMPT_ENCODE.labels(self.info.id).observe(time.perf_counter() - started)
+            if on_step is not None:
+                on_step(0, params.steps)
+            out = self.pipe(
+                prompt_embeds=embeds,
+                negative_prompt_embeds=negative_embeds,
+                pooled_prompt_embeds=pooled,
+                negative_pooled_prompt_embeds=negative_pooled,
                 width=params.width,
                 height=params.height,
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
-                num_images_per_prompt=params.num_images,
+                # The embeddings hold one row per image already.
+                num_images_per_prompt=1,
                 generator=generators,
-                max_sequence_length=self.max_sequence_length,
                 callback_on_step_end=callback,
                 output_type="pil",
             )
@@ -138,7 +240,8 @@ class WarmPipeline:
     def warm_up(self) -> None:
         """One tiny generation, so the first real job does not pay for lazy initialisation."""
         info = self.info
-        self.generate(
+        # Not a job: its slow first call stays out of the metrics.
+        self._generate(
             GenerateParams(
                 model=info.id,
                 prompt="warm-up",
@@ -150,5 +253,7 @@ class WarmPipeline:
                 seed=0,
                 num_images=1,
                 output_format=OutputFormat.png,
-            )
+            ),
+            None,
+            observe=False,
         )

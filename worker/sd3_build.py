@@ -45,6 +45,10 @@ from transformers import (
 
 # SD3 pads CLIP prompts to 77 tokens; the CLIP position embeddings must cover them.
 CLIP_MAX_LENGTH = 77
+# Without T5 the pipeline stands zeros in for its states, as many tokens as it is told: SD3 was
+# trained on 77-token T5 contexts, zeroed where T5 was dropped, so 77 is what the transformer
+# knows; the pipeline's own default of 256 would more than double its text context for nothing.
+NO_T5_MAX_SEQUENCE_LENGTH = CLIP_MAX_LENGTH
 # Each component's seed is the pipeline's plus its offset, so a change to one component's
 # spec leaves the others' initial weights as they were.
 SEED_OFFSETS = {"transformer": 1, "vae": 2, "clip_l": 3, "clip_g": 4, "t5": 5}

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from common.contract import MAX_STEPS, MODEL_NAME, MODEL_NAME_PATTERN
-from common.settings import CommonSettings
+from common.settings import CommonSettings, env_var
 
 BUNDLED = "bundled"
 # Trained by `python -m training all --out worker/models/sd3-scenes` (docs/training.md).
@@ -52,9 +52,35 @@ class WorkerSettings(CommonSettings):
         description="auto: CUDA if present.",
     )
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="auto: bfloat16 on CUDA, float32 elsewhere."
+        default="auto",
+        description=(
+            "auto: bfloat16 on CUDA; on a CPU, bfloat16 where it measures faster than float32 "
+            "(native bfloat16: AVX512-BF16, AMX), else float32; float32 on other devices."
+        ),
     )
-    drop_t5: bool = Field(default=False, description="Skip the T5 encoder to save memory.")
+    drop_t5: bool = Field(
+        default=False,
+        description=(
+            "Skip the T5 encoder to save memory; a folder without one (no text_encoder_3) "
+            "loads without it anyway."
+        ),
+    )
+    vae_tile_above: int = Field(
+        default=1024 * 1024,
+        ge=64 * 64,
+        description=(
+            "Images of more pixels than this are decoded by the VAE in overlapping tiles of at "
+            "most this many pixels: less memory, some more time."
+        ),
+    )
+    max_pixels: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most pixels one job may make, width × height × num_images; unset: 4 images at the "
+            "model's native size (4 × 1024² for SD3)."
+        ),
+    )
     default_steps: int = Field(
         default=28,
         ge=1,
@@ -75,17 +101,28 @@ class WorkerSettings(CommonSettings):
     metrics_steps: str = Field(
         default=DEFAULT_STEP_LABELS, description="Comma-separated step counts kept in metrics."
     )
-    heartbeat_s: float = Field(default=5.0, gt=0, le=60, description="Heartbeat period.")
-    job_heartbeat_s: int = Field(
-        default=120,
-        ge=2,
+    heartbeat_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
         description=(
-            "A running job whose worker has not reported a step for this long is taken for "
-            "abandoned and re-queued (once) by another worker."
+            "Heartbeat period; also how often a worker looks for jobs whose worker is gone."
+        ),
+    )
+    worker_lost_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description=(
+            "A running job whose worker has given no heartbeat for this long (dead, or frozen) "
+            "is put back at the front of its queue, or failed once its retries are used up; at "
+            "least three heartbeat periods."
         ),
     )
     maintenance_interval_s: int = Field(
-        default=60, ge=1, description="How often a worker looks for abandoned jobs."
+        default=60,
+        ge=1,
+        description="How often a worker runs RQ's own upkeep of its queue's registries.",
     )
     worker_name: str = Field(
         default_factory=_default_worker_name,
@@ -110,6 +147,21 @@ class WorkerSettings(CommonSettings):
             if not item.strip().isdigit():
                 raise ValueError(f"expected whole step counts like 28, got {item.strip()!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_worker_lost_after(self) -> WorkerSettings:
+        if self.worker_lost_after_s < 3 * self.heartbeat_s:
+            # Any shorter, and a worker that misses a beat or two, busy or not, would pass for gone.
+            raise ValueError(
+                f"{env_var('worker_lost_after_s')} must be at least three "
+                f"{env_var('heartbeat_s')} periods"
+            )
+        return self
+
+    @property
+    def silence_s(self) -> float:
+        """How long a worker may stay silent before its jobs are taken back."""
+        return silence_for(self.worker_lost_after_s, self.heartbeat_s)
 
     @model_validator(mode="after")
     def _check_served_name(self) -> WorkerSettings:
@@ -137,3 +189,15 @@ class WorkerSettings(CommonSettings):
 
     def step_labels(self) -> frozenset[str]:
         return frozenset(str(int(item)) for item in self.metrics_steps.split(","))
+
+
+def silence_for(worker_lost_after_s: float, heartbeat_s: float) -> float:
+    """The silence after which a worker counts as gone: one heartbeat period (how often a worker
+    looks) less than worker_lost_after_s, so that its jobs are taken back within that time."""
+    return worker_lost_after_s - heartbeat_s
+
+
+DEFAULT_SILENCE_S = silence_for(
+    WorkerSettings.model_fields["worker_lost_after_s"].default,
+    WorkerSettings.model_fields["heartbeat_s"].default,
+)

@@ -2,36 +2,69 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
+
 from redis import Redis
 
 from common import jobstore, keys
 from common.contract import JobStatus, Timings
-from common.jobstore import JobRecord, Outcome
+from common.jobstore import Holder, JobRecord, Outcome, Steer
+from worker.settings import DEFAULT_SILENCE_S
+
+
+def new_worker_id(name: str | None = None) -> str:
+    """An id for one run of a worker process: its name (`<hostname>-<pid>` by default) and a
+    random part, since a restarted container often gets its predecessor's name back."""
+    return f"{name or f'{socket.gethostname()}-{os.getpid()}'}:{secrets.token_hex(4)}"
 
 
 class WorkerJobStore:
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    """One worker process's transitions of the jobs it runs, each marked with its worker id.
+
+    `silence_s`: how long another worker may stay silent (no heartbeat) before START takes a
+    job that worker still holds for abandoned.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        ttl_s: int,
+        *,
+        worker: str | None = None,
+        silence_s: float = DEFAULT_SILENCE_S,
+    ) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self.holder = Holder(worker or new_worker_id(), silence_s)
         self.transitions = jobstore.Transitions(ttl_s)
         self._start = redis.register_script(jobstore.START)
         self._progress = redis.register_script(jobstore.PROGRESS)
         self._finish = redis.register_script(jobstore.FINISH)
 
+    @property
+    def worker(self) -> str:
+        return self.holder.worker
+
     def start(self, job_id: str) -> Outcome:
-        """Mark the job running; returns Outcome.running, or the state that forbids starting it
-        (a final one, or Outcome.missing)."""
-        call = self.transitions.start(job_id)
+        """Mark the job running on this worker; returns Outcome.running, or what forbids starting
+        it: a final state, Outcome.missing, or Outcome.taken (another live worker runs it)."""
+        call = self.transitions.start(job_id, self.holder)
         return jobstore.decode_outcome(self._start(keys=call.keys, args=call.args))
 
     def get(self, job_id: str) -> JobRecord | None:
         fields: dict[str, str] = self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return jobstore.decode_record(job_id, fields) if fields else None
 
+    def report(self, job_id: str, step: int, total: int) -> Steer:
+        """Publish progress; returns whether to go on, cancel, or leave the job alone."""
+        call = self.transitions.progress(job_id, step, total, self.worker)
+        return jobstore.decode_steer(self._progress(keys=call.keys, args=call.args))
+
     def progress(self, job_id: str, step: int, total: int) -> bool:
-        """Publish progress; returns True when the client asked to cancel the job."""
-        call = self.transitions.progress(job_id, step, total)
-        return jobstore.decode_cancel_flag(self._progress(keys=call.keys, args=call.args))
+        """Publish progress; returns True when the worker is to stop (cancel, or leave)."""
+        return self.report(job_id, step, total) is not Steer.go
 
     def finish(
         self,

@@ -66,7 +66,7 @@ SPEC = SD3Spec(
 SERVING_DEFAULTS = ServingDefaults(default_steps=8, default_guidance_scale=4.5)
 
 
-def _clip_tokenizer() -> CLIPTokenizer:
+def clip_tokenizer() -> CLIPTokenizer:
     # A byte-level vocabulary with no merges: every prompt tokenizes, one token per character.
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
@@ -74,7 +74,7 @@ def _clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=sd3_build.CLIP_MAX_LENGTH)
 
 
-def _t5_tokenizer() -> T5TokenizerFast:
+def t5_tokenizer() -> T5TokenizerFast:
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     alphabet = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
     pieces += [(c, -3.0) for c in alphabet] + [("▁" + c, -2.5) for c in alphabet]
@@ -83,8 +83,8 @@ def _t5_tokenizer() -> T5TokenizerFast:
 
 def build_pipeline() -> StableDiffusion3Pipeline:
     """Create the tiny pipeline deterministically; the same seed gives the same weights."""
-    clip = _clip_tokenizer()
-    tokenizers = sd3_build.Tokenizers(clip_l=clip, clip_g=clip, t5=_t5_tokenizer())
+    clip = clip_tokenizer()
+    tokenizers = sd3_build.Tokenizers(clip_l=clip, clip_g=clip, t5=t5_tokenizer())
     pipe = sd3_build.build_pipeline(SPEC, tokenizers, SEED, stream=True)
     # Nothing here trains: inference mode throughout, as from_pretrained loads it.
     pipe.vae.eval()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from common.jobstore import JobRecord
+from service.admission import IDEMPOTENCY_KEY
+from service.auth import request_owner
 from service.schemas import JobLinks, JobResponse
 from service.service import GenerationService, JobView
 
@@ -17,14 +19,42 @@ def get_service(request: Request) -> GenerationService:
 
 
 Service = Annotated[GenerationService, Depends(get_service)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        pattern=IDEMPOTENCY_KEY.pattern,
+        description=(
+            "Any unique string of 1..255 printable ASCII characters (a UUID, say). Retrying "
+            "with the same key and body within 24 h returns the job the first request "
+            "created instead of a second one; the same key with another body is refused "
+            "(422, `idempotency_key_reused`). Keys are scoped per API key."
+        ),
+    ),
+]
+"""The `Idempotency-Key` header of the routes that create a job."""
 """The one declaration of the service dependency, for every route."""
 
+Owner = Annotated[str | None, Depends(request_owner)]
+"""The API key the request came with, owner of the jobs it makes and sees (service.auth)."""
 
-async def existing_job(job_id: str, service: Service) -> JobView:
-    return await service.get(job_id)
+
+class UrlFor(Protocol):
+    """What builds a job's links: the request, or (for a webhook) its base URL kept at submit."""
+
+    def url_for(self, name: str, /, **path_params: Any) -> object: ...
 
 
-def image_links(record: JobRecord, request: Request, service: GenerationService) -> list[str]:
+async def existing_job(job_id: str, service: Service, owner: Owner) -> JobView:
+    return await service.get(job_id, owner=owner)
+
+
+async def stream_slot(service: Service) -> None:
+    """Refuse a new event stream while this process holds its most, before any 200 starts."""
+    service.hub.check_room()
+
+
+def image_links(record: JobRecord, request: UrlFor, service: GenerationService) -> list[str]:
     """The job's image URLs: presigned when so configured, else the API's image route."""
     presigned = service.presigned_image_urls(record)
     if presigned is not None:
@@ -35,7 +65,7 @@ def image_links(record: JobRecord, request: Request, service: GenerationService)
     ]
 
 
-def job_response(view: JobView, request: Request, service: GenerationService) -> JobResponse:
+def job_response(view: JobView, request: UrlFor, service: GenerationService) -> JobResponse:
     record = view.record
     return JobResponse(
         id=record.id,
@@ -48,6 +78,7 @@ def job_response(view: JobView, request: Request, service: GenerationService) ->
         error=record.error,
         cancel_requested=record.cancel_requested,
         attempts=record.attempts,
+        webhook=record.webhook,
         created_at=record.created_at,
         finished_at=record.finished_at,
         links=JobLinks(

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Header, Request, Response
 from common.contract import GenerateRequest
 from service.openapi import error
 from service.params import parse_prefer_wait
-from service.routes.deps import Service, job_response
+from service.routes.deps import IdempotencyKey, Owner, Service, job_response
 from service.schemas import EXAMPLE_JOB_URL, JobResponse
 from service.service import JobView
+from service.webhooks import accept_webhook
 
 PREFER_WAIT_MAX_S = 60
 
@@ -44,15 +45,18 @@ router = APIRouter(prefix="/v1", tags=["generate"])
         },
         202: {"headers": ACCEPTED_HEADERS},
         422: error(
-            "A parameter is out of bounds, the `Prefer` header is malformed, or the model is "
-            "unknown; `error.field` names the field.",
+            "A parameter is out of bounds, the `Prefer` header is malformed, the model is "
+            "unknown, or the webhook is refused (webhooks not enabled, a scheme other than "
+            "http(s), a host that does not resolve or resolves to a non-public address); "
+            "`error.field` names the field.",
             "invalid_parameter",
             "width: Input should be less than or equal to 4096",
             "width",
             "Input should be less than or equal to 4096",
         ),
         429: error(
-            "The model's queue is full; retry after `Retry-After` seconds.",
+            "The model's queue is full (`queue_full`), or the API key's rate limit is reached "
+            "(`rate_limited`); retry after `Retry-After` seconds.",
             "queue_full",
             "100 jobs are queued for sd3-scenes, the most this service accepts; retry later",
         ),
@@ -70,6 +74,7 @@ async def generate(
     request: Request,
     response: Response,
     service: Service,
+    owner: Owner,
     prefer: Annotated[
         str | None,
         Header(
@@ -79,6 +84,7 @@ async def generate(
             )
         ),
     ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobResponse:
     """Validate a prompt job against its model's limits and queue it for that model.
 
@@ -88,10 +94,16 @@ async def generate(
     time (a failed generation is a job state, not an HTTP error).
     """
     wait_s = parse_prefer_wait(prefer, PREFER_WAIT_MAX_S)
-    record = await service.submit(body)
+    webhook = None
+    if body.webhook is not None:
+        webhook = await accept_webhook(body.webhook, service.settings, str(request.base_url))
+    record = await service.submit(
+        body, webhook=webhook, owner=owner, idempotency_key=idempotency_key
+    )
     view = JobView(record)
-    if wait_s:
-        view = await service.wait(record.id, wait_s)
+    # A preference, not a demand: with this process's event streams all taken, answer at once.
+    if wait_s and service.hub.has_room():
+        view = await service.wait(record.id, wait_s, owner=owner)
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if view.record.status.terminal:
             response.status_code = 200

@@ -5,15 +5,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import metrics
+from service.errors import REDIS_RETRY_AFTER_S
 from service.openapi import REDIS_DOWN
 from service.routes.deps import Service
 from service.schemas import HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
-
-# How soon a prober may ask again while Redis is unreachable (as errors.py's answer to a
-# RedisError says).
-NOT_READY_RETRY_S = 5
 
 
 @router.get(
@@ -40,7 +37,7 @@ async def readyz(service: Service) -> JSONResponse:
     ready = await service.readiness()
     if ready.ready:
         return JSONResponse(ready.model_dump())
-    headers = {"Retry-After": str(NOT_READY_RETRY_S)}
+    headers = {"Retry-After": str(REDIS_RETRY_AFTER_S)}
     return JSONResponse(ready.model_dump(), status_code=503, headers=headers)
 
 

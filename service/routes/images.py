@@ -11,9 +11,10 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
 from common.jobstore import JobRecord
-from service.errors import ApiError
+from service.errors import REDIS_DOWN_MESSAGE, REDIS_RETRY_AFTER_S, ApiError, unparsable_body
 from service.openai_compat import (
     JOB_ID_HEADER,
     WAIT_MAX_S,
@@ -29,12 +30,10 @@ from service.openai_compat import (
     with_quality,
 )
 from service.params import parse_prefer_wait
-from service.routes.deps import Service, image_links
+from service.routes.deps import IdempotencyKey, Owner, Service, image_links
 from service.service import GenerationService
 
 log = logging.getLogger(__name__)
-
-REDIS_DOWN = "the job store (Redis) is unreachable; retry shortly"
 
 
 class OpenAIRoute(APIRoute):
@@ -50,12 +49,18 @@ class OpenAIRoute(APIRoute):
                 return exc.response()
             except RequestValidationError as exc:
                 return invalid_request(exc.errors()).response()
+            except HTTPException as exc:
+                # FastAPI's own (a body it could not decode): in OpenAI's shape, not a 500.
+                if (invalid := unparsable_body(exc)) is not None:
+                    return invalid_request(invalid.errors()).response()
+                return OpenAIError(exc.status_code, str(exc.detail), code="http_error").response()
             except ApiError as exc:
                 return from_api_error(exc).response()
             except RedisError as exc:
                 log.warning("redis unavailable: %s", exc)
+                retry_after = {"Retry-After": str(REDIS_RETRY_AFTER_S)}
                 return OpenAIError(
-                    503, REDIS_DOWN, code="not_ready", headers={"Retry-After": "5"}
+                    503, REDIS_DOWN_MESSAGE, code="not_ready", headers=retry_after
                 ).response()
             except Exception:
                 log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -70,7 +75,9 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 ERROR_STATUSES: dict[int | str, str] = {
     400: "Invalid request: `param` names the field (`size` for the size, `model`...).",
     409: "The job was canceled while this request waited.",
-    429: "The model's queue is full (`Retry-After`).",
+    401: "No valid API key (`Authorization: Bearer KEY`), where the service has keys.",
+    413: "The body is larger than SD3SERVE_MAX_BODY_BYTES; the connection is closed.",
+    429: "The API key's rate limit is reached, or the model's queue is full (`Retry-After`).",
     500: "The job failed; the message is its reason.",
     503: "No worker has published a model yet, or Redis is unreachable (`Retry-After`).",
     504: "The job did not finish in time; it goes on: poll `/v1/jobs/{job_id}`.",
@@ -84,13 +91,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def image_data(
-    record: JobRecord, body: ImageGenerationRequest, request: Request, service: GenerationService
+    record: JobRecord,
+    body: ImageGenerationRequest,
+    request: Request,
+    service: GenerationService,
+    owner: str | None,
 ) -> list[ImageData]:
     if body.response_format == "url":
         return [ImageData(url=url) for url in image_links(record, request, service)]
     data = []
     for i in range(record.image_count):
-        image = await service.image(record.id, i)
+        image = await service.image(record.id, i, owner=owner)
         data.append(ImageData(b64_json=base64.b64encode(image.data).decode("ascii")))
     return data
 
@@ -107,6 +118,7 @@ async def create_image(
     request: Request,
     response: Response,
     service: Service,
+    owner: Owner,
     prefer: Annotated[
         str | None,
         Header(
@@ -116,6 +128,7 @@ async def create_image(
             )
         ),
     ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ImagesResponse:
     """Generate images from OpenAI's Images API body (the official SDK's `images.generate`).
 
@@ -130,23 +143,23 @@ async def create_image(
     try:
         info = await service.choose_model(generate.model)
         generate, quality = with_quality(generate, body, info)
-        record = await service.submit(generate, info)
+        record = await service.submit(generate, info, owner=owner, idempotency_key=idempotency_key)
     except ApiError as exc:
         raise from_api_error(exc, body) from exc
 
     job_url = str(request.url_for("get_job", job_id=record.id))
     waited_s = WAIT_MAX_S if wait_s is None else wait_s
     try:
-        record = (await service.wait(record.id, waited_s)).record
+        record = (await service.wait(record.id, waited_s, owner=owner)).record
         error = unfinished_error(record, job_url, waited_s)
         if error is not None:
             raise error
-        data = await image_data(record, body, request, service)
+        data = await image_data(record, body, request, service, owner)
     # The job exists from here on: every error names it, so that the client follows it rather
     # than submit it again.
     except RedisError as exc:
         log.warning("redis unavailable: %s", exc)
-        message = f"job {record.id}: {REDIS_DOWN}"
+        message = f"job {record.id}: {REDIS_DOWN_MESSAGE}"
         raise OpenAIError(503, message, code="not_ready", job_id=record.id) from exc
     except ApiError as exc:
         message = f"job {record.id}: {exc.message}"

@@ -1,19 +1,32 @@
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Path as PathParam
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BeforeValidator
 
 from common.contract import MAX_IMAGES, OutputFormat
 from service.openapi import BINARY, error
-from service.routes.deps import Service, existing_job, job_response
+from service.routes.deps import Owner, Service, existing_job, job_response, stream_slot
 from service.schemas import EXAMPLE_JOB_ID, JobResponse
 from service.service import JobView
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+CANONICAL_INDEX = re.compile(r"0|[1-9][0-9]*")
+
+
+def canonical_index(value: object) -> object:
+    """Only the one spelling of an index: pydantic's int parsing also takes "+0", " 0", "00",
+    "0_0" and "0.0", each another URL for the same image."""
+    if isinstance(value, str) and not CANONICAL_INDEX.fullmatch(value):
+        raise ValueError("write the index in ASCII digits, without sign, spaces or leading zeros")
+    return value
+
 
 JOB_NOT_FOUND = error(
     "No such job (or it expired).",
@@ -61,10 +74,10 @@ id: 1767225601870-0
     responses=NOT_FOUND,
     summary="A job's state",
 )
-async def get_job(job_id: str, request: Request, service: Service) -> JobResponse:
+async def get_job(job_id: str, request: Request, service: Service, owner: Owner) -> JobResponse:
     """A job's status, queue position, progress, parameters (seed included), timings, error and
     links: to itself, to its events and to its images once it has succeeded."""
-    return job_response(await service.get(job_id), request, service)
+    return job_response(await service.get(job_id, owner=owner), request, service)
 
 
 @router.get(
@@ -81,18 +94,26 @@ async def get_job(job_id: str, request: Request, service: Service) -> JobRespons
             },
         },
         **NOT_FOUND,
+        503: error(
+            "This API process holds its most event streams (SD3SERVE_MAX_STREAMS), or Redis is "
+            "unreachable; retry after `Retry-After` seconds.",
+            "too_many_streams",
+            "this API process already streams 1000 jobs, its limit; retry shortly or poll "
+            "GET /v1/jobs/{id}",
+        ),
     },
     summary="Server-Sent Events: each state change and denoising step, ending with the final state",
+    dependencies=[Depends(stream_slot)],
 )
 async def stream_job_events(
-    job_id: str, service: Service, job: Annotated[JobView, Depends(existing_job)]
+    job_id: str, service: Service, owner: Owner, job: Annotated[JobView, Depends(existing_job)]
 ) -> AsyncIterator[ServerSentEvent]:
     """Follow a job as Server-Sent Events: its history from the start, then live, until its
     final state. Events are `status` (each state change) and `progress` (each denoising step);
     the response's schema describes them. An unknown job is a JSON 404, before any stream."""
     # The job is looked up by a dependency, before the stream starts, so that an unknown
     # job is a proper 404 rather than an error in the middle of a 200 stream.
-    async for entry_id, kind, payload in service.events(job_id):
+    async for entry_id, kind, payload in service.events(job_id, owner=owner):
         yield ServerSentEvent(event=kind, data=payload, id=entry_id)
 
 
@@ -115,12 +136,12 @@ async def stream_job_events(
     summary="Cancel a job: at once while queued, at the next denoising step while running",
 )
 async def cancel_job(
-    job_id: str, request: Request, response: Response, service: Service
+    job_id: str, request: Request, response: Response, service: Service, owner: Owner
 ) -> JobResponse:
     """Cancel a job. A queued job is removed from its queue and answers 200, `canceled`; a
     running one answers 202 and stops at its next denoising step (follow its events for the
     final state); a finished one answers 409."""
-    view = await service.cancel(job_id)
+    view = await service.cancel(job_id, owner=owner)
     if not view.record.status.terminal:
         response.status_code = 202
     return job_response(view, request, service)
@@ -152,13 +173,20 @@ async def cancel_job(
 )
 async def get_image(
     job_id: str,
-    index: Annotated[int, PathParam(ge=0, le=MAX_IMAGES - 1, description="Image index, 0-based.")],
+    index: Annotated[
+        int,
+        # First: after a validator, FastAPI writes its bounds into the document as `ge`/`le`,
+        # which are not JSON Schema, rather than `minimum`/`maximum`.
+        PathParam(ge=0, le=MAX_IMAGES - 1, description="Image index, 0-based."),
+        BeforeValidator(canonical_index),
+    ],
     service: Service,
+    owner: Owner,
 ) -> Response:
     """The bytes of a succeeded job's image `index` (0-based), with its content type: PNG (its
     parameters in a `parameters` text chunk), JPEG or WebP. With presigned result URLs the
     job's `links.images` point into the object store instead."""
-    image = await service.image(job_id, index)
+    image = await service.image(job_id, index, owner=owner)
     # An image never changes, and is kept as long as its job.
     max_age = service.settings.result_ttl_s
     return Response(

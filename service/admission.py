@@ -1,0 +1,162 @@
+"""Admitting a job in one round trip: the limits, the idempotency key, the record and the enqueue.
+
+Checking the queue's length and then enqueueing took two steps, so concurrent submissions all
+saw room and a bound of 100 admitted 126. SUBMIT is one Lua script: it checks the model's queue
+bound, the submitting key's own cap and the idempotency key, and only then creates the record
+(the same Lua as CREATE) and runs RQ's own enqueue commands. Those are recorded from RQ's
+enqueue on a pipeline that is never sent, so RQ stays the author of its data: the script only
+decides whether they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from common import jobstore, keys
+
+# Long enough for any client's retries of one request; Stripe and the IETF draft use 24 h.
+IDEMPOTENCY_TTL_S = 24 * 3600
+# Printable ASCII, as the IETF draft's examples (UUIDs, ULIDs) and every SDK's generated keys.
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+class Admitted(StrEnum):
+    """SUBMIT's verdict; each refusal comes with a number for the error message."""
+
+    created = "created"
+    # The idempotency key named an earlier job with the same body: that job is the answer.
+    replayed = "replayed"
+    # The idempotency key was used with another body.
+    key_reused = "key_reused"
+    queue_full = "queue_full"
+    owner_full = "owner_full"
+
+
+def _lua_constants() -> str:
+    for verdict in Admitted:
+        if not re.fullmatch(r"[a-z_]+", verdict):
+            raise ValueError(f"verdict {verdict!r} is not a plain lower-case name")
+    return "".join(f'local {v.name.upper()} = "{v.value}"\n' for v in Admitted)
+
+
+# KEYS: record, events, RQ queue list, idempotency key or "", owner's queued set or "".
+# ARGV: CREATE's ARGV (maxlen, params, ttl, fields json), then max queued, owner cap,
+# idempotency ttl, body fingerprint, job id, then RQ's commands: per command, its argument
+# count and its arguments.
+# Returns {verdict, job id or count}; "created" and "replayed" add the record's HGETALL.
+SUBMIT = (
+    jobstore.CREATE_FUNCTIONS
+    + _lua_constants()
+    + """
+local job_id = ARGV[9]
+if KEYS[4] ~= '' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local earlier, fingerprint = string.match(seen, '^([^|]*)|(.*)$')
+    if fingerprint ~= ARGV[8] then return {KEY_REUSED, earlier} end
+    local record = jobstore_key(earlier)
+    return {REPLAYED, earlier, redis.call('HGETALL', record)}
+  end
+end
+local depth = redis.call('LLEN', KEYS[3])
+if depth >= tonumber(ARGV[5]) then return {QUEUE_FULL, tostring(depth)} end
+if KEYS[5] ~= '' then
+  -- The set keeps ids of jobs once queued; those that have left the queue are pruned here,
+  -- so no transition elsewhere has to know about it, at a cost bounded by the cap.
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    if redis.call('HGET', jobstore_key(id), 'status') ~= QUEUED then
+      redis.call('SREM', KEYS[5], id)
+    end
+  end
+  local mine = redis.call('SCARD', KEYS[5])
+  if mine >= tonumber(ARGV[6]) then return {OWNER_FULL, tostring(mine)} end
+  redis.call('SADD', KEYS[5], job_id)
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+end
+create_job()
+if KEYS[4] ~= '' then
+  redis.call('SET', KEYS[4], job_id .. '|' .. ARGV[8], 'EX', ARGV[7])
+end
+local i = 10
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return {CREATED, job_id, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+
+def fingerprint(body: object) -> str:
+    """A digest of the request as the client sent it, canonical JSON, to tell a replay of it
+    from another request that reuses its idempotency key."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def idempotency_key(owner: str | None, key: str) -> str:
+    """The Redis key of an Idempotency-Key: scoped per API key, hashed so any header is safe."""
+    return keys.idempotency(owner or "", hashlib.sha256(key.encode()).hexdigest())
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_queued: int
+    owner_cap: int
+
+
+def submit_call(
+    create: jobstore.ScriptCall,
+    *,
+    job_id: str,
+    model: str,
+    limits: Limits,
+    owner: str | None,
+    idempotency: tuple[str, str] | None,
+    enqueue: list[bytes],
+) -> jobstore.ScriptCall:
+    """SUBMIT's KEYS and ARGV: CREATE's call for the job, the gates, then RQ's commands.
+
+    `idempotency` is (the client's key, the body's fingerprint); `enqueue` is
+    `JobQueue.enqueue_commands`' flat list.
+    """
+    idem_key, body = ("", "") if idempotency is None else idempotency
+    return jobstore.ScriptCall(
+        [
+            *create.keys,
+            keys.rq_queue(model),
+            idempotency_key(owner, idem_key) if idempotency else "",
+            keys.owner_queued(owner) if owner else "",
+        ],
+        [
+            *create.args,
+            limits.max_queued,
+            limits.owner_cap,
+            IDEMPOTENCY_TTL_S,
+            body,
+            job_id,
+            *enqueue,
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    admitted: Admitted
+    detail: str
+    record: jobstore.JobRecord | None = None
+
+
+def decode_verdict(reply: list[object]) -> Verdict:
+    admitted = Admitted(str(reply[0]))
+    detail = str(reply[1])
+    record = None
+    if len(reply) > 2 and reply[2]:
+        flat = [str(item) for item in reply[2]]  # type: ignore[attr-defined]
+        record = jobstore.decode_record(detail, dict(zip(flat[::2], flat[1::2], strict=True)))
+    return Verdict(admitted, detail, record)

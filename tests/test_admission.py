@@ -1,0 +1,174 @@
+"""Admission (service.admission.SUBMIT) against a real redis-server, then through the real API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from rq.job import Job
+
+from common import keys
+from common.contract import GenerateParams, JobStatus, OutputFormat
+from service import admission, dev
+from service.admission import Admitted, Limits, Verdict
+from service.dev import Stack
+from service.queue import JobQueue
+from service.store import ApiJobStore
+from tests.harness import deployment, publish_model_record, settings_env
+from worker.store import WorkerJobStore
+
+MODEL = "m"
+PARAMS = GenerateParams(
+    model=MODEL,
+    prompt="p",
+    negative_prompt="",
+    width=64,
+    height=64,
+    steps=2,
+    guidance_scale=1.0,
+    seed=1,
+    num_images=1,
+    output_format=OutputFormat.png,
+)
+ROOMY = Limits(max_queued=1000, owner_cap=1000)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    stack = Stack()
+    try:
+        yield dev.start_redis(stack, tmp_path_factory.mktemp("redis"), dict(os.environ))
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[Redis]:
+    with Redis.from_url(redis_url, decode_responses=True) as r:
+        r.flushdb()
+        yield r
+
+
+def submit(
+    redis_url: str,
+    *,
+    limits: Limits = ROOMY,
+    owner: str | None = None,
+    idempotency: tuple[str, str] | None = None,
+) -> Verdict:
+    job_id = uuid.uuid4().hex
+    with Redis.from_url(redis_url) as rq_redis:
+        enqueue = JobQueue(rq_redis, job_timeout_s=60, ttl_s=3600).enqueue_commands(job_id, MODEL)
+
+    async def go() -> Verdict:
+        redis = AsyncRedis.from_url(redis_url, decode_responses=True)
+        try:
+            store = ApiJobStore(redis, 3600)
+            create = store.transitions.create(job_id, PARAMS, owner=owner)
+            call = admission.submit_call(
+                create,
+                job_id=job_id,
+                model=MODEL,
+                limits=limits,
+                owner=owner,
+                idempotency=idempotency,
+                enqueue=enqueue,
+            )
+            return await store.submit(call)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(go())
+
+
+def test_an_admitted_job_is_recorded_and_enqueued_as_rq_does(r: Redis, redis_url: str) -> None:
+    verdict = submit(redis_url)
+    assert verdict.admitted is Admitted.created and verdict.record is not None
+    assert verdict.record.status is JobStatus.queued and verdict.record.params == PARAMS
+    job_id = verdict.detail
+    assert r.lrange(keys.rq_queue(MODEL), 0, -1) == [job_id]
+    with Redis.from_url(redis_url) as raw:
+        job = Job.fetch(job_id, connection=raw)
+        assert job.func_name == "worker.tasks.generate" and job.args == (job_id,)
+        assert job.get_status() == "queued" and job.origin == keys.queue_name(MODEL)
+
+
+def test_the_queue_bound_holds_under_concurrent_submissions(r: Redis, redis_url: str) -> None:
+    bound = 10
+    with ThreadPoolExecutor(16) as pool:
+        verdicts = list(
+            pool.map(lambda _: submit(redis_url, limits=Limits(bound, 1000)).admitted, range(60))
+        )
+    assert verdicts.count(Admitted.created) == bound
+    assert verdicts.count(Admitted.queue_full) == 60 - bound
+    assert r.llen(keys.rq_queue(MODEL)) == bound
+
+
+def test_a_key_cap_counts_only_jobs_still_queued(r: Redis, redis_url: str) -> None:
+    cap = Limits(max_queued=1000, owner_cap=2)
+    first, second = (submit(redis_url, limits=cap, owner="a") for _ in range(2))
+    assert submit(redis_url, limits=cap, owner="a").admitted is Admitted.owner_full
+    assert submit(redis_url, limits=cap, owner="b").admitted is Admitted.created
+    # Once one of a's jobs has started, a has room again.
+    WorkerJobStore(r, 3600).start(first.detail)
+    assert submit(redis_url, limits=cap, owner="a").admitted is Admitted.created
+    assert second.admitted is Admitted.created
+
+
+def test_idempotency_key_replays_refuses_another_body_and_is_per_api_key(
+    r: Redis, redis_url: str
+) -> None:
+    created = submit(redis_url, idempotency=("k1", "body-1"))
+    replayed = submit(redis_url, idempotency=("k1", "body-1"))
+    assert replayed.admitted is Admitted.replayed and replayed.detail == created.detail
+    assert replayed.record is not None and replayed.record.id == created.detail
+    reused = submit(redis_url, idempotency=("k1", "body-2"))
+    assert reused.admitted is Admitted.key_reused and reused.detail == created.detail
+    other_owner = submit(redis_url, owner="b", idempotency=("k1", "body-1"))
+    assert other_owner.admitted is Admitted.created and other_owner.detail != created.detail
+    # A replay enqueued nothing.
+    assert r.llen(keys.rq_queue(MODEL)) == 2
+
+
+def test_a_full_queue_writes_nothing(r: Redis, redis_url: str) -> None:
+    submit(redis_url, limits=Limits(1, 1000))
+    before = sorted(r.keys("*"))
+    refused = submit(redis_url, limits=Limits(1, 1000), idempotency=("k", "b"))
+    assert refused.admitted is Admitted.queue_full
+    assert sorted(r.keys("*")) == before
+
+
+@pytest.mark.stack
+def test_idempotent_retries_and_the_bound_through_the_api(tmp_path: Path, model_dir: Path) -> None:
+    bound = 5
+    with deployment(tmp_path, model_dir, settings_env(max_queued_jobs=bound)) as d:
+        publish_model_record(d.redis_url, "idle")  # known, never run: its jobs stay queued
+        client = d.api.client
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        first = client.post("/v1/generate", json={"prompt": "x", "seed": 1}, headers=key)
+        again = client.post("/v1/generate", json={"prompt": "x", "seed": 1}, headers=key)
+        assert first.status_code == again.status_code == 202
+        assert again.json()["id"] == first.json()["id"]
+        other = client.post("/v1/generate", json={"prompt": "y", "seed": 1}, headers=key)
+        assert other.status_code == 422
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+        assert other.json()["error"]["field"] == "idempotency-key"
+        bad = client.post("/v1/generate", json={"prompt": "x"}, headers={"Idempotency-Key": "a b"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "idempotency-key"
+
+        def post(_: int) -> int:
+            with httpx.Client(base_url=d.api.url, timeout=60) as c:
+                return c.post("/v1/generate", json={"prompt": "z"}).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(post, range(40)))
+        assert codes.count(202) == bound - 1 and codes.count(429) == 40 - (bound - 1)
+        assert client.get("/v1/models/idle").json()["queue_depth"] == bound
