@@ -12,7 +12,9 @@ process, and prints each decode's time and memory.
 
 The worker's dtype defaults to bfloat16, the weights' own: float32 would double the memory (about
 12 GB for SD3 Medium's transformer and CLIPs), though on a CPU without native bfloat16 it is
-the faster one (what SD3SERVE_TORCH_DTYPE=auto picks there; printed). Linux only (/proc).
+the faster one (what SD3SERVE_TORCH_DTYPE=auto picks there; printed): without native bfloat16,
+torch's bfloat16 convolutions are some 90 times slower than float32 ones, and the job's VAE
+decode takes most of its time. Linux only (/proc).
 """
 
 from __future__ import annotations
