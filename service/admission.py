@@ -1,4 +1,5 @@
-"""Admitting a job in one round trip: the limits, the idempotency key, the record and the enqueue.
+"""Admitting a job in one round trip: the model, the limits, the idempotency key, the record and
+the enqueue.
 
 Checking the queue's length and then enqueueing took two steps, so concurrent submissions all
 saw room and a bound of 100 admitted 126. SUBMIT is one Lua script: it checks the model's queue
@@ -6,6 +7,11 @@ bound, the submitting key's own cap and the idempotency key, and only then creat
 (the same Lua as CREATE) and runs RQ's own enqueue commands. Those are recorded from RQ's
 enqueue on a pipeline that is never sent, so RQ stays the author of its data: the script only
 decides whether they run.
+
+The model's record is checked there too: the API validates a job against the record it has
+cached (service.registry), and SUBMIT admits the job only if Redis still holds that very record,
+so a cache that missed a change costs one more round trip, never a job validated against stale
+limits. POST /v1/generate makes this one round trip, and no other.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class Admitted(StrEnum):
     key_reused = "key_reused"
     queue_full = "queue_full"
     owner_full = "owner_full"
+    # The model's record is not the one the job was validated against: read it again, retry.
+    stale_model = "stale_model"
 
 
 def _lua_constants() -> str:
@@ -43,10 +51,12 @@ def _lua_constants() -> str:
     return "".join(f'local {v.name.upper()} = "{v.value}"\n' for v in Admitted)
 
 
-# KEYS: record, events, RQ queue list, idempotency key or "", owner's queued set or "".
+# KEYS: record, events, RQ queue list, idempotency key or "", owner's queued set or "",
+# keys.MODELS.
 # ARGV: CREATE's ARGV (maxlen, params, ttl, fields json), then max queued, owner cap,
-# idempotency ttl, body fingerprint, job id, then RQ's commands: per command, its argument
-# count and its arguments.
+# idempotency ttl, body fingerprint, job id, model name, its record as validated against
+# ('': unchecked), the number of known models the choice assumed ('0': any), then RQ's
+# commands: per command, its argument count and its arguments.
 # Returns {verdict, job id or count}; "created" and "replayed" add the record's HGETALL.
 SUBMIT = (
     jobstore.CREATE_FUNCTIONS
@@ -61,6 +71,10 @@ if KEYS[4] ~= '' then
     local record = jobstore_key(earlier)
     return {REPLAYED, earlier, redis.call('HGETALL', record)}
   end
+end
+if ARGV[11] ~= '' and (redis.call('HGET', KEYS[6], ARGV[10]) ~= ARGV[11]
+  or (ARGV[12] ~= '0' and redis.call('HLEN', KEYS[6]) ~= tonumber(ARGV[12]))) then
+  return {STALE_MODEL, ARGV[10]}
 end
 local depth = redis.call('LLEN', KEYS[3])
 if depth >= tonumber(ARGV[5]) then return {QUEUE_FULL, tostring(depth)} end
@@ -81,7 +95,7 @@ create_job()
 if KEYS[4] ~= '' then
   redis.call('SET', KEYS[4], job_id .. '|' .. ARGV[8], 'EX', ARGV[7])
 end
-local i = 10
+local i = 13
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
@@ -105,6 +119,16 @@ def idempotency_key(owner: str | None, key: str) -> str:
 
 
 @dataclass(frozen=True)
+class ModelCheck:
+    """What a job was validated against: its model's record as the API read it (the JSON in
+    keys.MODELS) and, for a job sent to the only known model, how many were known then (1);
+    0 when the choice does not depend on the other models."""
+
+    record: str
+    known: int = 0
+
+
+@dataclass(frozen=True)
 class Limits:
     max_queued: int
     owner_cap: int
@@ -115,6 +139,7 @@ def submit_call(
     *,
     job_id: str,
     model: str,
+    check: ModelCheck | None = None,
     limits: Limits,
     owner: str | None,
     idempotency: tuple[str, str] | None,
@@ -123,7 +148,8 @@ def submit_call(
     """SUBMIT's KEYS and ARGV: CREATE's call for the job, the gates, then RQ's commands.
 
     `idempotency` is (the client's key, the body's fingerprint); `enqueue` is
-    `JobQueue.enqueue_commands`' flat list.
+    `JobQueue.enqueue_commands`' flat list; `check`, what the job was validated against (None:
+    admit it whatever the model's record, for callers that validated against none).
     """
     idem_key, body = ("", "") if idempotency is None else idempotency
     return jobstore.ScriptCall(
@@ -132,6 +158,7 @@ def submit_call(
             keys.rq_queue(model),
             idempotency_key(owner, idem_key) if idempotency else "",
             keys.owner_queued(owner) if owner else "",
+            keys.MODELS,
         ],
         [
             *create.args,
@@ -140,6 +167,9 @@ def submit_call(
             IDEMPOTENCY_TTL_S,
             body,
             job_id,
+            model,
+            "" if check is None else check.record,
+            0 if check is None else check.known,
             *enqueue,
         ],
     )

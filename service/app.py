@@ -21,7 +21,7 @@ from service.errors import install_error_handlers
 from service.fanout import EventHub
 from service.metrics import HttpMetricsMiddleware
 from service.openapi import install_openapi, operation_id
-from service.queue import JobQueue
+from service.queue import JobQueue, QueuePositions
 from service.registry import ModelRegistry
 from service.routes import generate, health, images, jobs, models
 from service.service import GenerationService
@@ -90,6 +90,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             ModelRegistry(redis),
             settings.open_results(),
             hub,
+            QueuePositions(redis),
         )
         webhooks = WebhookSender.start(app, redis, settings)
         if auth is not None:

@@ -22,7 +22,13 @@ def _api(args: argparse.Namespace) -> int:
     if settings.api_workers == 1:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            access_log=settings.access_log,
+        )
         return 0
     from service.auth import load_key_ring
     from service.metrics import MULTIPROC_DIR_ENV
@@ -42,6 +48,7 @@ def _api(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level="info",
+            access_log=settings.access_log,
         )
     return 0
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.contract import GenerateParams, JobStatus, JobWebhook, ModelInfo, Progress, Timings
+from service.queue import POSITION_MAX_AGE_S
 
 OWNED_BY = "sd3-serve"
 
@@ -131,7 +132,13 @@ class JobResponse(BaseModel):
     status: JobStatus
     model: str = Field(description="The model that runs (or ran) the job.")
     queue_position: int | None = Field(
-        default=None, description="Jobs ahead of this one (0 = next), while queued."
+        default=None,
+        description=(
+            "Jobs ahead of this one in its model's queue (0 = next), while queued; as of the "
+            f"API's latest look at that queue, at most {POSITION_MAX_AGE_S:g} s old. A job "
+            "queued since that look counts behind every job queued then; one a worker has "
+            "taken but not yet started is 0."
+        ),
     )
     progress: Progress | None = Field(default=None, description="Denoising progress.")
     params: GenerateParams = Field(description="The parameters actually used, seed included.")

@@ -17,6 +17,7 @@ from common.results import ResultStore, StoredImage
 from common.webhooks import WebhookConfig
 from service import admission
 from service.errors import (
+    ApiError,
     IdempotencyKeyReused,
     ImageNotFound,
     InvalidParameter,
@@ -28,8 +29,8 @@ from service.errors import (
 )
 from service.fanout import EventHub, is_terminal
 from service.params import resolve
-from service.queue import JobQueue
-from service.registry import ModelRegistry
+from service.queue import JobQueue, QueuePositions
+from service.registry import ModelRegistry, Models
 from service.schemas import ModelCard, ReadyResponse
 from service.settings import ApiSettings
 from service.store import ApiJobStore, EventEntry
@@ -41,6 +42,18 @@ LOST_CHECK_S = 30.0
 QUEUE_FULL_RETRY_S = 10
 # How soon a client should retry when no worker has ever published a model.
 NO_MODEL_RETRY_S = 5
+# Admissions of one request refused for a model record changed since it was read (each time
+# read again): more than one in a row takes two workers of one model publishing different
+# records, rewriting it in turn.
+ADMISSION_TRIES = 3
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model a request runs on, and what admission checks the choice against in Redis."""
+
+    info: ModelInfo
+    check: admission.ModelCheck
 
 
 @dataclass
@@ -58,28 +71,38 @@ class GenerationService:
         models: ModelRegistry,
         results: ResultStore,
         hub: EventHub,
+        positions: QueuePositions,
     ) -> None:
         self.settings = settings
+        self.positions = positions
         self.hub = hub
         self.store = store
         self.queue = queue
         self.models = models
         self.results = results
 
-    async def choose_model(self, requested: str | None) -> ModelInfo:
+    async def choose_model(self, requested: str | None) -> Choice:
         """The model a request runs on: the one it names, the default, or the only one known.
 
         A model is known while its record exists, whether or not a worker is up, so a job for
         a pool scaled to zero is queued and a queue-length autoscaler can start a worker.
+        Chosen from the cached records; a refusal is made only on records read afresh, as a
+        model may have appeared since (admission checks an accepted choice).
         """
-        known = await self.models.infos()
+        try:
+            return self._choose(requested, await self.models.models())
+        except ApiError:
+            return self._choose(requested, await self.models.models(fresh=True))
+
+    def _choose(self, requested: str | None, models: Models) -> Choice:
+        known = models.infos
         names = ", ".join(sorted(known)) or "none yet"
         if requested is not None:
             if requested not in known:
                 raise InvalidParameter(
                     f"unknown model {requested!r}; known models: {names}", field="model"
                 )
-            return known[requested]
+            return Choice(known[requested], admission.ModelCheck(models.records[requested]))
         default = self.settings.default_model
         if default is not None:
             if default not in known:
@@ -87,7 +110,7 @@ class GenerationService:
                     f"the default model {default!r} has not been published by a worker yet",
                     retry_after_s=NO_MODEL_RETRY_S,
                 )
-            return known[default]
+            return Choice(known[default], admission.ModelCheck(models.records[default]))
         if not known:
             raise NotReady(
                 "no worker has published a model yet; retry shortly",
@@ -97,7 +120,9 @@ class GenerationService:
             raise InvalidParameter(
                 f"this service serves several models; choose one of: {names}", field="model"
             )
-        return next(iter(known.values()))
+        [(name, info)] = known.items()
+        # The only one: admitted while it still is.
+        return Choice(info, admission.ModelCheck(models.records[name], known=1))
 
     async def list_models(self) -> list[ModelCard]:
         return await self._cards(await self.models.infos())
@@ -112,8 +137,8 @@ class GenerationService:
     async def _cards(self, infos: dict[str, ModelInfo]) -> list[ModelCard]:
         described = await self.models.describe(infos)
         cards = []
-        for known in described:
-            depth = await to_thread.run_sync(self.queue.depth, known.info.id)
+        depths = await self.positions.depths([known.info.id for known in described])
+        for known, depth in zip(described, depths, strict=True):
             cards.append(
                 ModelCard(
                     **known.info.model_dump(),
@@ -127,46 +152,67 @@ class GenerationService:
     async def submit(
         self,
         request: GenerateRequest,
-        info: ModelInfo | None = None,
+        choice: Choice | None = None,
         webhook: WebhookConfig | None = None,
         *,
         owner: str | None = None,
         idempotency_key: str | None = None,
     ) -> JobRecord:
-        """Queue the job on `info`'s model, or on the one `choose_model` picks for it, with the
-        webhook `service.webhooks.accept_webhook` made of the request's, owned by the API key
-        named `owner` (None: the API has no keys).
+        """Queue the job on the model `choice` names, or on the one `choose_model` picks for it,
+        with the webhook `service.webhooks.accept_webhook` made of the request's, owned by the
+        API key named `owner` (None: the API has no keys).
 
         With an `idempotency_key`, the same key and body within a day return the job the first
-        request created; the same key with another body is refused. The limits, the key, the
-        record and the enqueue are one script: one round trip, and no bound is ever overrun.
+        request created; the same key with another body is refused. The model's record, the
+        limits, the key, the record and the enqueue are one script: one round trip, and no
+        bound is ever overrun. Should the model's record have changed since it was cached, the
+        job is chosen and validated again on the record read afresh.
         """
-        info = info or await self.choose_model(request.model)
-        params = resolve(request, info)
+        choice = choice or await self.choose_model(request.model)
         job_id = uuid.uuid4().hex
-        if self.queue.prepared(info.id):
-            enqueue = self.queue.enqueue_commands(job_id, info.id)
-        else:
-            enqueue = await to_thread.run_sync(self.queue.enqueue_commands, job_id, info.id)
-        create = self.store.transitions.create(
-            job_id, params, webhook, retries=self.settings.job_retries, owner=owner
+        enqueue: tuple[str, list[bytes]] | None = None
+        for _ in range(ADMISSION_TRIES):
+            params = resolve(request, choice.info)
+            model = choice.info.id
+            if enqueue is None or enqueue[0] != model:
+                enqueue = (model, await self._enqueue_commands(job_id, model))
+            create = self.store.transitions.create(
+                job_id, params, webhook, retries=self.settings.job_retries, owner=owner
+            )
+            call = admission.submit_call(
+                create,
+                job_id=job_id,
+                model=model,
+                check=choice.check,
+                limits=admission.Limits(
+                    self.settings.max_queued_jobs, self.settings.max_queued_jobs_per_key
+                ),
+                owner=owner,
+                idempotency=(
+                    None
+                    if idempotency_key is None
+                    else (idempotency_key, admission.fingerprint(request.model_dump(mode="json")))
+                ),
+                enqueue=enqueue[1],
+            )
+            verdict = await self.store.submit(call)
+            if verdict.admitted is not admission.Admitted.stale_model:
+                return self._admitted(verdict, model)
+            await self.models.models(fresh=True)
+            choice = await self.choose_model(request.model)
+        raise NotReady(
+            f"the record of model {choice.info.id} changed at each of {ADMISSION_TRIES} tries "
+            "to queue this job; retry",
+            retry_after_s=1,
         )
-        call = admission.submit_call(
-            create,
-            job_id=job_id,
-            model=info.id,
-            limits=admission.Limits(
-                self.settings.max_queued_jobs, self.settings.max_queued_jobs_per_key
-            ),
-            owner=owner,
-            idempotency=(
-                None
-                if idempotency_key is None
-                else (idempotency_key, admission.fingerprint(request.model_dump(mode="json")))
-            ),
-            enqueue=enqueue,
-        )
-        verdict = await self.store.submit(call)
+
+    async def _enqueue_commands(self, job_id: str, model: str) -> list[bytes]:
+        if self.queue.prepared(model):
+            return self.queue.enqueue_commands(job_id, model)
+        return await to_thread.run_sync(self.queue.enqueue_commands, job_id, model)
+
+    def _admitted(self, verdict: admission.Verdict, model: str) -> JobRecord:
+        """The job SUBMIT created or replayed, or the refusal it answered."""
         match verdict.admitted:
             case admission.Admitted.created | admission.Admitted.replayed:
                 if verdict.record is None:  # replayed, but that job has since expired
@@ -182,7 +228,7 @@ class GenerationService:
                 )
             case admission.Admitted.queue_full:
                 raise QueueFull(
-                    f"{verdict.detail} jobs are queued for {info.id}, the most this service "
+                    f"{verdict.detail} jobs are queued for {model}, the most this service "
                     "accepts; retry later",
                     retry_after_s=QUEUE_FULL_RETRY_S,
                 )
@@ -192,6 +238,8 @@ class GenerationService:
                     "(SD3SERVE_MAX_QUEUED_JOBS_PER_KEY); retry once some have started",
                     retry_after_s=QUEUE_FULL_RETRY_S,
                 )
+            case admission.Admitted.stale_model:
+                raise AssertionError("submit retries a stale model record")
 
     async def _record(self, job_id: str, owner: str | None) -> JobRecord:
         """The job as the API key named `owner` may see it; None (the API has no keys): any.
@@ -199,12 +247,14 @@ class GenerationService:
         Every read and write of a job by a client goes through here. Another key's job is
         answered as a missing one, so that a job id tells a client nothing it did not create.
         """
-        record = await self.store.get(job_id) if JOB_ID.match(job_id) else None
+        record, rq_gave_up = (None, False)
+        if JOB_ID.match(job_id):
+            record, rq_gave_up = await self.store.read(job_id)
         if record is None or (owner is not None and record.owner != owner):
             raise JobNotFound(
                 f"no job {job_id!r}; jobs are kept for {self.settings.result_ttl_s} s"
             )
-        if not record.status.terminal and await to_thread.run_sync(self.queue.worker_lost, job_id):
+        if not record.status.terminal and rq_gave_up:
             await self.store.fail(job_id, WORKER_LOST)
             record = await self._record(job_id, owner)
         return record
@@ -213,7 +263,7 @@ class GenerationService:
         record = await self._record(job_id, owner)
         position = None
         if record.status is JobStatus.queued:
-            position = await to_thread.run_sync(self.queue.position, job_id, record.params.model)
+            position = await self.positions.position(job_id, record.params.model, record.created_at)
         return JobView(record, position)
 
     async def wait(self, job_id: str, timeout_s: float, *, owner: str | None) -> JobView:
@@ -248,6 +298,7 @@ class GenerationService:
         outcome = await self.store.cancel(job_id)
         if outcome == "canceled":
             await to_thread.run_sync(self.queue.remove, job_id, record.params.model)
+            self.positions.forget(record.params.model)
         elif outcome != "cancel_requested":
             raise JobAlreadyFinished(f"job {job_id} already {outcome}; nothing to cancel")
         return await self.get(job_id, owner=owner)

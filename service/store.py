@@ -9,9 +9,16 @@ from common.contract import GenerateParams, JobStatus
 from common.jobstore import JobRecord, Outcome, ScriptCall
 from common.webhooks import WebhookConfig
 from service.admission import SUBMIT, Verdict, decode_verdict
+from service.queue import RQ_GAVE_UP, RQ_STATUS_FIELD
 
 # A blocking read must return well inside the client's socket timeout (redis-py: 5 s).
 MAX_BLOCK_MS = 2000
+
+# A job's record and RQ's state of it, in one command. KEYS: the record, RQ's hash of the job.
+# ARGV: the field of RQ's state. A missing field is false in the reply (nil), not a hole.
+READ = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGET', KEYS[2], ARGV[1])}
+"""
 
 EventEntry = tuple[str, str, dict[str, object]]
 """(stream entry id, event type, payload)"""
@@ -24,6 +31,7 @@ class ApiJobStore:
         self.transitions = jobstore.Transitions(ttl_s)
         self._create = redis.register_script(jobstore.CREATE)
         self._submit = redis.register_script(SUBMIT)
+        self._read = redis.register_script(READ)
         self._finish = redis.register_script(jobstore.FINISH)
         self._cancel = redis.register_script(jobstore.CANCEL)
 
@@ -49,6 +57,16 @@ class ApiJobStore:
     async def get(self, job_id: str) -> JobRecord | None:
         fields: dict[str, str] = await self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return jobstore.decode_record(job_id, fields) if fields else None
+
+    async def read(self, job_id: str) -> tuple[JobRecord | None, bool]:
+        """The job's record, and whether RQ gave up on it (service.queue.RQ_GAVE_UP): one
+        round trip for both, a finished job's or a queued one's."""
+        flat, rq_status = await self._read(
+            keys=[keys.job(job_id), keys.rq_job(job_id)], args=[RQ_STATUS_FIELD]
+        )
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        record = jobstore.decode_record(job_id, fields) if fields else None
+        return record, rq_status in RQ_GAVE_UP
 
     async def fail(self, job_id: str, error: str) -> Outcome:
         """Outcome.failed, or the state the job had already ended in, or Outcome.missing."""

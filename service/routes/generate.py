@@ -107,5 +107,6 @@ async def generate(
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if view.record.status.terminal:
             response.status_code = 200
-    response.headers["Location"] = str(request.url_for("get_job", job_id=record.id))
-    return job_response(view, request, service)
+    job = job_response(view, request, service)
+    response.headers["Location"] = job.links.self
+    return job

@@ -141,9 +141,11 @@ async def create_image(
     wait_s = parse_prefer_wait(prefer, WAIT_MAX_S)
     generate = to_generate_request(body)
     try:
-        info = await service.choose_model(generate.model)
-        generate, quality = with_quality(generate, body, info)
-        record = await service.submit(generate, info, owner=owner, idempotency_key=idempotency_key)
+        choice = await service.choose_model(generate.model)
+        generate, quality = with_quality(generate, body, choice.info)
+        record = await service.submit(
+            generate, choice, owner=owner, idempotency_key=idempotency_key
+        )
     except ApiError as exc:
         raise from_api_error(exc, body) from exc
 

@@ -37,7 +37,9 @@ class JobResponse:
         error (None | str | Unset): Why the job failed or was canceled.
         finished_at (float | None | Unset):
         progress (None | Progress | Unset): Denoising progress.
-        queue_position (int | None | Unset): Jobs ahead of this one (0 = next), while queued.
+        queue_position (int | None | Unset): Jobs ahead of this one in its model's queue (0 = next), while queued; as of
+            the API's latest look at that queue, at most 0.5 s old. A job queued since that look counts behind every job
+            queued then; one a worker has taken but not yet started is 0.
         webhook (JobWebhook | None | Unset): The request's webhook and its latest delivery; null without.
     """
 

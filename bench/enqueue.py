@@ -1,0 +1,379 @@
+"""The enqueue path: Redis commands per request, POST /v1/generate throughput and latency, and
+the cost of reading a queued job against a finished one, side by side in one run.
+
+For each `--api-workers` value it starts its own stack on loopback: redis-server, and the API
+with SD3SERVE_API_WORKERS at that value and a queue bound no run reaches. No worker runs: the
+model is published as a pool scaled to zero publishes it, so every accepted job stays queued
+and the API alone is measured. Then, for that stack:
+
+1. Redis commands per request, counted with MONITOR (commands a script runs are not counted:
+   a script is one command, one round trip): POST /v1/generate, GET of a queued job, GET of a
+   finished (canceled) one.
+2. GET /v1/jobs/{id} of a queued job and of a finished one, closed loop with `--connections`
+   clients for half of `--seconds` each: requests per second of each and their ratio (before
+   the POST loads, with the warm-up's jobs queued).
+3. POST /v1/generate open loop at each `--rates` value for `--seconds`: requests start at fixed
+   times whether or not earlier ones were answered, and each latency counts from its scheduled
+   time, so a server (or a client) that falls behind shows it. It prints the rate answered,
+   p50 and p99, and every answer other than 202.
+
+The client is a minimal HTTP/1.1 one on asyncio streams (keep-alive connections, no parsing
+beyond the status line and Content-Length), so that on a small machine the client's own cost
+takes as little as possible from the server it shares the CPUs with.
+
+    .venv/bin/python bench/enqueue.py [--seconds 10] [--rates 500,1000,1500]
+        [--api-workers 1,2] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from redis import Redis
+
+from common import keys, workers
+from common.contract import ModelInfo
+from common.settings import env_var
+from service.dev import Stack, free_port, start_api, start_redis, wait_until
+
+MODEL = "bench-model"
+BODY = json.dumps({"prompt": "a small red circle in the center on a white background"}).encode()
+# The end of the MONITOR window: a command no one else sends.
+MONITOR_END = "sd3serve-bench-monitor-end"
+SAMPLES = 200  # requests of each kind whose commands are counted
+# Under uvicorn's 5 s keep-alive: a connection idle longer is closed rather than reused, lest
+# the server close it under a request.
+KEEPALIVE_S = 2.0
+
+
+def model_info() -> ModelInfo:
+    return ModelInfo(
+        id=MODEL,
+        source="a pool scaled to zero",
+        pipeline="StableDiffusion3Pipeline",
+        device="cpu",
+        dtype="float32",
+        size_multiple=8,
+        min_size=64,
+        max_size=512,
+        default_width=64,
+        default_height=64,
+        default_steps=8,
+        default_guidance_scale=4.5,
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        scheduler_shift=3.0,
+        text_encoders=["CLIPTextModelWithProjection"] * 2,
+    )
+
+
+def publish_model(redis_url: str) -> None:
+    """Write the model record as a worker's heartbeat does, then drop the worker."""
+    with Redis.from_url(redis_url) as redis:
+        beat_keys, args = workers.beat_call("bench-gone", 1, model_info())
+        redis.register_script(workers.BEAT)(keys=beat_keys, args=args)
+        redis.zrem(beat_keys[0], "bench-gone")
+
+
+@contextmanager
+def top_level_commands(redis_url: str) -> Iterator[Callable[[], int]]:
+    """Count the commands clients send Redis meanwhile (MONITOR; those scripts run are left
+    out), read with the function it yields once the block has ended."""
+    counted: list[int] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        seen = 0
+        with Redis.from_url(redis_url) as redis, redis.monitor() as monitor:
+            ready.set()
+            while True:
+                command = monitor.next_command()
+                if command["client_type"] == "lua":
+                    continue
+                if MONITOR_END in command["command"]:
+                    break
+                seen += 1
+        counted.append(seen)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    ready.wait(10)
+    # MONITOR starts with its reply: a PING afterwards, once seen, says it is live.
+    with Redis.from_url(redis_url) as redis:
+        redis.ping()
+    try:
+        yield lambda: counted[0]
+    finally:
+        with Redis.from_url(redis_url) as redis:
+            redis.echo(MONITOR_END)
+        thread.join(30)
+
+
+class Client:
+    """HTTP/1.1 over keep-alive connections: a request's status and body, nothing more."""
+
+    def __init__(self, host: str, port: int, limit: int) -> None:
+        self.host, self.port = host, port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self.slots = asyncio.Semaphore(limit)
+
+    def request_bytes(self, method: str, path: str, body: bytes = b"") -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+        if body:
+            head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        return head.encode() + b"\r\n" + body
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        async with self.slots:
+            loop = asyncio.get_running_loop()
+            conn = None
+            while self.idle and conn is None:
+                reader, writer, since = self.idle.pop()
+                if loop.time() - since < KEEPALIVE_S:
+                    conn = reader, writer
+                else:
+                    writer.close()
+            if conn is None:
+                conn = await asyncio.open_connection(self.host, self.port)
+            reader, writer = conn
+            try:
+                writer.write(raw)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length)
+            except BaseException:
+                writer.close()
+                raise
+            self.idle.append((reader, writer, loop.time()))
+            return status, body
+
+    async def close(self) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class OpenLoop:
+    rate: float
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    answers: Counter[str] = field(default_factory=Counter)
+    lag_s: float = 0.0
+    wall_s: float = 0.0
+
+
+async def open_loop(client: Client, raw: bytes, rate: float, seconds: float) -> OpenLoop:
+    result = OpenLoop(rate, seconds)
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(at: float) -> None:
+        try:
+            status, _ = await client.send(raw)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            result.answers[type(exc).__name__] += 1
+            return
+        result.answers[str(status)] += 1
+        if status == 202:
+            result.latencies.append(loop.time() - at)
+
+    total = round(rate * seconds)
+    start = loop.time() + 0.1
+    for i in range(total):
+        at = start + i / rate
+        await asyncio.sleep(max(0.0, at - loop.time()))
+        result.lag_s = max(result.lag_s, loop.time() - at)
+        task = asyncio.create_task(one(at))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=60)
+    result.wall_s = loop.time() - start
+    return result
+
+
+async def closed_loop(client: Client, raw: bytes, connections: int, seconds: float) -> float:
+    """Requests per second that `connections` clients, each sending one after another, get."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    done = 0
+
+    async def one_client() -> None:
+        nonlocal done
+        while loop.time() < deadline:
+            status, _ = await client.send(raw)
+            if status != 200:
+                raise RuntimeError(f"GET answered {status}")
+            done += 1
+
+    started = loop.time()
+    await asyncio.gather(*(one_client() for _ in range(connections)))
+    return done / (loop.time() - started)
+
+
+def start_stack(stack: Stack, work: Path, api_workers: int) -> tuple[str, str]:
+    env = dict(os.environ) | {
+        env_var("result_store"): f"file://{work / 'results'}",
+        env_var("max_queued_jobs"): str(10**8),
+        env_var("api_workers"): str(api_workers),
+        "PYTHONUNBUFFERED": "1",
+    }
+    redis_url = start_redis(stack, work, env)
+    env[env_var("redis_url")] = redis_url
+    publish_model(redis_url)
+    url = start_api(stack, env, "127.0.0.1", free_port())
+    if api_workers > 1:
+        # uvicorn answers /healthz from the first process up; the warm-up requests that follow
+        # reach the others once they are there.
+        wait_until(lambda: len(_api_pids(stack)) >= api_workers, stack, "the API processes", 120)
+    return redis_url, url
+
+
+def _api_pids(stack: Stack) -> list[int]:
+    """The API's processes: uvicorn's supervisor's children that run our app."""
+    _, parent = next(child for child in stack.children if child[0] == "api")
+    found: list[int] = []
+    for task in Path(f"/proc/{parent.pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found.extend(int(pid) for pid in children)
+    # Beside them, maybe, multiprocessing's resource tracker.
+    return [pid for pid in found if "resource_tracker" not in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+async def measure(args: argparse.Namespace, redis_url: str, url: str) -> list[str]:
+    host, port = url.removeprefix("http://").split(":")
+    client = Client(host, int(port), args.connections)
+    post = client.request_bytes("POST", "/v1/generate", BODY)
+    lines = []
+    try:
+        # Warm: every process has loaded its scripts and met the model once.
+        # Concurrent, over many connections, so that every API process gets some.
+        for status, body in await asyncio.gather(
+            *(client.send(post) for _ in range(100 * args.api_workers_now))
+        ):
+            if status != 202:
+                raise RuntimeError(f"POST answered {status}: {body[:300]!r}")
+        queued = json.loads(body)["id"]
+        status, body = await client.send(post)
+        finished = json.loads(body)["id"]
+        status, _ = await client.send(client.request_bytes("DELETE", f"/v1/jobs/{finished}"))
+        assert status == 200, status
+        get_queued = client.request_bytes("GET", f"/v1/jobs/{queued}")
+        get_finished = client.request_bytes("GET", f"/v1/jobs/{finished}")
+        for raw in (get_queued, get_finished):
+            for _ in range(20):
+                await client.send(raw)
+
+        per: dict[str, float] = {}
+        for name, raw in (("POST", post), ("GET queued", get_queued), ("GET done", get_finished)):
+            # MONITOR's thread blocks; the requests run meanwhile on this loop.
+            with top_level_commands(redis_url) as count:
+                for _ in range(SAMPLES):
+                    await client.send(raw)
+            per[name] = count() / SAMPLES
+        lines.append(
+            "redis commands per request (MONITOR, script-internal ones left out): "
+            + ", ".join(f"{name} {value:.2f}" for name, value in per.items())
+        )
+
+        rates = {}
+        for name, raw in (("queued", get_queued), ("finished", get_finished)):
+            rates[name] = await closed_loop(client, raw, args.connections, args.seconds / 2)
+        with Redis.from_url(redis_url) as redis:
+            depth = redis.llen(keys.rq_queue(MODEL))
+        lines.append(
+            f"GET /v1/jobs/{{id}} closed loop, {args.connections} clients, {depth} jobs queued: "
+            "queued "
+            f"{rates['queued']:.0f}/s, finished {rates['finished']:.0f}/s; a queued read costs "
+            f"{rates['finished'] / rates['queued']:.2f}x a finished one"
+        )
+        for rate in args.rates:
+            run = await open_loop(client, post, rate, args.seconds)
+            answered = sum(run.answers.values())
+            lat = run.latencies
+            p50 = f"{percentile(lat, 0.5) * 1000:.1f}" if lat else "-"
+            p99 = f"{percentile(lat, 0.99) * 1000:.1f}" if lat else "-"
+            others = {k: v for k, v in run.answers.items() if k != "202"}
+            lines.append(
+                f"POST open loop at {rate:g}/s for {args.seconds:g} s: {answered / run.wall_s:.0f} "
+                f"answered/s, p50 {p50} ms, p99 {p99} ms, client start lag max "
+                f"{run.lag_s * 1000:.0f} ms, other answers: {others or 'none'}"
+            )
+
+    finally:
+        await client.close()
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="of each measured load")
+    parser.add_argument(
+        "--rates", default="500,1000,1500", help="POST open-loop rates, comma-separated"
+    )
+    parser.add_argument(
+        "--api-workers", default="1,2", help="SD3SERVE_API_WORKERS values, comma-separated"
+    )
+    parser.add_argument("--connections", type=int, default=64, help="client connection limit")
+    args = parser.parse_args()
+    args.rates = [float(r) for r in args.rates.split(",")]
+    print(
+        f"enqueue bench: {os.cpu_count()} CPUs, {args.seconds:g} s per load, POST rates "
+        f"{args.rates}, up to {args.connections} connections; no worker (jobs stay queued)",
+        flush=True,
+    )
+    for api_workers in [int(n) for n in args.api_workers.split(",")]:
+        args.api_workers_now = api_workers
+        stack = Stack()
+        work = Path(tempfile.mkdtemp(prefix="sd3serve-enqueue-"))
+        try:
+            redis_url, url = start_stack(stack, work, api_workers)
+            print(f"\nSD3SERVE_API_WORKERS={api_workers}", flush=True)
+            for line in asyncio.run(measure(args, redis_url, url)):
+                print("  " + line, flush=True)
+            # The metrics of every process, summed: the POSTs above, from any process.
+            page = httpx.get(f"{url}/metrics").text
+            posts = sum(
+                float(line.split()[-1])
+                for line in page.splitlines()
+                if line.startswith('sd3serve_http_requests_total{route="/v1/generate"')
+            )
+            print(f"  /metrics counts {posts:.0f} POST /v1/generate in all", flush=True)
+        finally:
+            stack.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
