@@ -21,7 +21,7 @@ from typing import NamedTuple
 from pydantic import BaseModel
 from rq.job import JobStatus as RqStatus
 
-from common import keys, webhooks
+from common import keys, webhooks, workers
 from common.contract import GenerateParams, JobStatus, JobWebhook, Progress, Timings
 
 EVENTS_MAXLEN = 1000  # more than one event per step of the longest job
@@ -167,6 +167,8 @@ def _recovery_constants() -> str:
     if keys.job("x") != f"{prefix}x":
         raise ValueError("a job's id must end its record's key")
     lines.append(f"local JOB_ID_FROM = {len(prefix) + 1}")
+    # A JSON string of plain characters is a Lua string too.
+    lines.append(f"local BUSY = {json.dumps(workers.BUSY_SEPARATOR)}")
     functions = [
         _lua_key_function("running_key", keys.running),
         _lua_key_function("beats_key", keys.beats),
@@ -199,13 +201,16 @@ local function job_model()
   return cjson.decode(redis.call('HGET', KEYS[1], 'params')).model
 end
 -- Whether `worker` still runs this job: it beat within silence_s, and said at that beat that it
--- ran the job, or started the job so lately that no beat since need say so (a beat reads what
--- its worker runs a moment before it writes it).
+-- ran the job (alone or in a batch), or started the job so lately that no beat since need say
+-- so (a beat reads what its worker runs a moment before it writes it).
 local function holds(model, worker, silence_s)
   local beat = redis.call('ZSCORE', beats_key(model), worker)
   local since = clock() - silence_s
   if beat == false or tonumber(beat) <= since then return false end
-  if redis.call('HGET', busy_key(model), worker) == this_job() then return true end
+  local busy = redis.call('HGET', busy_key(model), worker)
+  if busy and string.find(BUSY .. busy .. BUSY, BUSY .. this_job() .. BUSY, 1, true) then
+    return true
+  end
   return tonumber(redis.call('HGET', KEYS[1], 'started_at') or '0') > since
 end
 local function held_by_another(s, worker, silence_s)
@@ -258,39 +263,99 @@ return QUEUED
 # was told of `running` the first time. Given the starting worker, START refuses a job another
 # live worker runs, and records the worker as the job's holder, watched by REQUEUE.
 # ARGV: maxlen[, worker id, seconds of silence after which a worker counts as gone].
+_BEGIN = """
+local function begin(s, worker)
+  local at = now()
+  redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', at)
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  if worker then hold(worker) end
+  emit('status', {status = RUNNING})
+  if s == QUEUED then schedule_webhook(RUNNING, at) end
+  return RUNNING
+end
+"""
+
 START = (
     _PRELUDE
     + _RECOVERY
+    + _BEGIN
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return MISSING end
 if s ~= QUEUED and s ~= RUNNING then return s end
 if ARGV[2] and held_by_another(s, ARGV[2], tonumber(ARGV[3])) then return TAKEN end
-local at = now()
-redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', at)
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if ARGV[2] then hold(ARGV[2]) end
-emit('status', {status = RUNNING})
-if s == QUEUED then schedule_webhook(RUNNING, at) end
-return RUNNING
+return begin(s, ARGV[2])
 """
 )
+
+# A worker adding a queued job to the batch it is about to run: the job leaves its RQ queue
+# and starts on that worker in one step, so it is always either waiting there or held by a
+# worker whose death the reapers notice. RQ never runs it; RQ's record of it stays until the
+# worker finishes it (`rq_finish`), so a reaper can still put it back on the queue. A job that
+# is no longer queued (canceled) is left where it is for RQ to drain; one another worker took
+# off the queue first, or runs, is TAKEN. ARGV: as START's, the worker id required.
+TAKE = (
+    _PRELUDE
+    + _RECOVERY
+    + _BEGIN
+    + """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return MISSING end
+if s == RUNNING then return TAKEN end
+if s ~= QUEUED then return s end
+if redis.call('LREM', rq_queue_key(job_model()), 1, this_job()) == 0 then return TAKEN end
+return begin(s, ARGV[2])
+"""
+)
+
+# RQ's record of a job a worker ran in a batch (TAKE), once the job has ended: RQ's status for
+# it, kept as long as the job's record. KEYS: RQ's hash of the job. ARGV: RQ's status, ttl.
+RQ_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 
 # Returns a Steer: go on; stop and finish canceled (a cancel was requested, so one round trip
 # per step does both); or leave the job (it is no longer running: expired, or finished by the
 # API; or, given the worker, no longer that worker's: re-queued after it was taken for gone, or
 # started by another since). A job left gets no write: no keyless hash, no event after its last.
 # ARGV: maxlen, step, total[, worker id].
+# What PROGRESS and STEER answer: whether the job is no longer `worker`'s to run, and else
+# whether to go on or cancel.
+_STEERING = """
+local function lost(worker)
+  if redis.call('HGET', KEYS[1], 'status') ~= RUNNING then return true end
+  return worker and redis.call('HGET', KEYS[1], 'worker') ~= worker
+end
+local function go_or_cancel()
+  if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return STEER_CANCEL end
+  return STEER_GO
+end
+"""
+
 PROGRESS = (
     _PRELUDE
     + _RECOVERY
+    + _STEERING
     + """
-if redis.call('HGET', KEYS[1], 'status') ~= RUNNING then return STEER_LEAVE end
-if ARGV[4] and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[4] then return STEER_LEAVE end
+if lost(ARGV[4]) then return STEER_LEAVE end
 redis.call('HSET', KEYS[1], 'step', ARGV[2], 'total', ARGV[3])
 emit('progress', {step = tonumber(ARGV[2]), total = tonumber(ARGV[3])})
-if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return STEER_CANCEL end
-return STEER_GO
+return go_or_cancel()
+"""
+)
+
+# PROGRESS's answer without its write, for a worker between two reports of a job (a long step):
+# so a cancel reaches it while the step runs. ARGV: maxlen[, worker id].
+STEER = (
+    _PRELUDE
+    + _RECOVERY
+    + _STEERING
+    + """
+if lost(ARGV[2]) then return STEER_LEAVE end
+return go_or_cancel()
 """
 )
 
@@ -484,6 +549,9 @@ class Transitions:
     def progress(self, job_id: str, step: int, total: int, worker: str | None = None) -> ScriptCall:
         return self._call(job_id, step, total, *([] if worker is None else [worker]))
 
+    def steer(self, job_id: str, worker: str | None = None) -> ScriptCall:
+        return self._call(job_id, *([] if worker is None else [worker]))
+
     def requeue(self, job_id: str, model: str, *, silence_s: float, limbo_s: float) -> ScriptCall:
         """REQUEUE of a job of `model`: a running one whose worker has been silent longer than
         `silence_s`, a dequeued one that no worker has started for longer than `limbo_s`."""
@@ -526,6 +594,17 @@ class Transitions:
     @staticmethod
     def _call(job_id: str, *args: str | int) -> ScriptCall:
         return ScriptCall(keys.script_keys(job_id), [EVENTS_MAXLEN, *args])
+
+
+def rq_status(status: JobStatus) -> str:
+    """RQ's status for a job that ended in `status` (for RQ_FINISH)."""
+    if not status.terminal:
+        raise ValueError(f"{status} is not a final state")
+    return {
+        JobStatus.succeeded: RqStatus.FINISHED,
+        JobStatus.failed: RqStatus.FAILED,
+        JobStatus.canceled: RqStatus.CANCELED,
+    }[status].value
 
 
 def decode_outcome(reply: object) -> Outcome:

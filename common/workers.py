@@ -8,6 +8,8 @@ by at most one heartbeat period.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from common import keys
 from common.contract import ModelInfo
 
@@ -45,9 +47,14 @@ return counts
 # silence after which a worker counts as gone, so a missing entry means the same as a stale one.
 FORGET_AFTER_S = 3600
 
+# Between the ids of the jobs a worker runs together (one batch) in its `keys.busy` entry. Job
+# ids are uuids, so none contains it.
+BUSY_SEPARATOR = " "
+
 # The liveness beat, run with BEAT: whatever its thread's process is busy with, the process is
-# alive, and runs the job it names. KEYS: keys.beats(model), keys.busy(model).
-# ARGV: the process's worker id, FORGET_AFTER_S, the job it runs ('' for none).
+# alive, and runs the jobs it names. KEYS: keys.beats(model), keys.busy(model).
+# ARGV: the process's worker id, FORGET_AFTER_S, the jobs it runs, BUSY_SEPARATOR-joined ('' for
+# none).
 ALIVE = (
     _NOW
     + """
@@ -63,10 +70,13 @@ return 1
 )
 
 
-def alive_call(worker_id: str, model: str, job_id: str | None) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of ALIVE for the process `worker_id` of `model`'s workers, running
-    `job_id` (None when idle)."""
-    return [keys.beats(model), keys.busy(model)], [worker_id, FORGET_AFTER_S, job_id or ""]
+def alive_call(
+    worker_id: str, model: str, job_ids: Iterable[str]
+) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of ALIVE for the process `worker_id` of `model`'s workers, running the jobs
+    `job_ids` (none when idle)."""
+    running = BUSY_SEPARATOR.join(job_ids)
+    return [keys.beats(model), keys.busy(model)], [worker_id, FORGET_AFTER_S, running]
 
 
 def beat_call(worker: str, ttl_s: int, info: ModelInfo) -> tuple[list[str], list[str | int]]:

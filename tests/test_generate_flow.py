@@ -68,13 +68,14 @@ def test_prefer_wait_times_out_with_202(api: Api) -> None:
     assert wait_final(api, response.json()["id"])["status"] == "succeeded"
 
 
-def test_sse_reports_states_and_every_step_in_order(api: Api) -> None:
+def test_sse_reports_states_and_steps_in_order(api: Api) -> None:
     job = submit(api, prompt="a small green triangle", steps=6).json()
     stream = events(api, job["id"])
     statuses = [data["status"] for kind, data in stream if kind == "status"]
     steps = [data["step"] for kind, data in stream if kind == "progress"]
     assert statuses == ["queued", "running", "succeeded"]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    # Progress is coalesced off the denoising thread: steps in order, the last one always.
+    assert steps == sorted(set(steps)) and steps[-1] == 6
     kinds = [kind for kind, _ in stream]
     assert kinds[:2] == ["status", "status"] and kinds[-1] == "status"
     # Replaying the stream after the end gives the same history.

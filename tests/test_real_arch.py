@@ -303,7 +303,7 @@ class _Store:
 def test_the_first_step_sample_leaves_out_the_prompt_encoding() -> None:
     labels = metrics.JobLabels("step-test", frozenset(), frozenset())
     runner = JobRunner(None, _Store(), None, labels)  # type: ignore[arg-type]
-    on_step = runner._step_callback("job", "step-test", "other")
+    on_step = runner._step_callback([], "step-test", "other")
     samples = metrics.STEP.labels("step-test", "other")
     time.sleep(0.2)  # the prompt being encoded
     on_step(0, 1)

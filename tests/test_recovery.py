@@ -19,7 +19,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from service.dev import Stack
 from service.queue import JobQueue
 from worker import metrics
 from worker.main import Heartbeat
-from worker.pipeline import StepCallback
+from worker.pipeline import BatchEmptied, BatchStepCallback
 from worker.recovery import Outage, Reaper
 from worker.runner import LEFT, JobRunner
 from worker.settings import WorkerSettings
@@ -107,9 +107,9 @@ class Jobs:
         self._create = r.register_script(jobstore.CREATE)
         self._cancel = r.register_script(jobstore.CANCEL)
 
-    def create(self, retries: int = 1) -> str:
+    def create(self, retries: int = 1, params: GenerateParams = PARAMS) -> str:
         job_id = uuid.uuid4().hex
-        call = self.transitions.create(job_id, PARAMS, retries=retries)
+        call = self.transitions.create(job_id, params, retries=retries)
         self._create(keys=call.keys, args=call.args)
         self.queue.enqueue(job_id, MODEL)
         return job_id
@@ -163,7 +163,7 @@ def worker_store(r: Redis) -> WorkerJobStore:
 
 def beat(r: Redis, worker: str, running: str | None = None) -> None:
     """The worker's heartbeat, as its heartbeat thread writes it."""
-    beat_keys, args = workers.alive_call(worker, MODEL, running)
+    beat_keys, args = workers.alive_call(worker, MODEL, [] if running is None else [running])
     r.register_script(workers.ALIVE)(keys=beat_keys, args=args)
 
 
@@ -645,15 +645,16 @@ class SlowPipeline:
     def __init__(self) -> None:
         self.steps_run = 0
 
-    def generate(
-        self, params: GenerateParams, on_step: StepCallback | None = None
-    ) -> list[Image.Image]:
+    def generate_batch(
+        self, jobs: Sequence[GenerateParams], on_step: BatchStepCallback | None = None
+    ) -> list[list[Image.Image] | None]:
+        (params,) = jobs
         for step in range(1, params.steps + 1):
             time.sleep(STEP_S)
             self.steps_run += 1
-            if on_step is not None:
-                on_step(step, params.steps)
-        return [Image.new("RGB", (params.width, params.height), "white")]
+            if on_step is not None and on_step(step, params.steps):
+                raise BatchEmptied()  # its one job dropped, as the real pipeline does
+        return [[Image.new("RGB", (params.width, params.height), "white")]]
 
 
 class ReaperLoop:
@@ -724,7 +725,7 @@ def heartbeat(r: Redis, settings: WorkerSettings, runner: JobRunner) -> Heartbea
         r,
         model_info(),
         runner.store.worker,
-        lambda: runner.current,
+        lambda: runner.held,
         lambda redis: None,
         Outage(),
     )

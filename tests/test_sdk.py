@@ -190,12 +190,12 @@ def test_events_come_in_order_and_end_with_the_final_state(live: Deployment) -> 
         (event.status, None) if isinstance(event, StatusEvent) else (event.step, event.total)
         for event in events
     ]
-    assert seen == [
-        (JobStatus.QUEUED, None),
-        (JobStatus.RUNNING, None),
-        *[(step, 4) for step in range(1, 5)],
-        (JobStatus.SUCCEEDED, None),
-    ]
+    # Progress is coalesced: steps in order, not necessarily each one, the last one always.
+    steps = [step for step, total in seen[2:-1]]
+    assert seen[:2] == [(JobStatus.QUEUED, None), (JobStatus.RUNNING, None)]
+    assert seen[-1] == (JobStatus.SUCCEEDED, None)
+    assert steps == sorted(set(steps)) and steps[-1] == 4
+    assert all(total == 4 for _, total in seen[2:-1])
 
 
 @pytest.mark.stack

@@ -22,5 +22,9 @@ def main() -> int:
         return 2
     from worker.main import run
 
-    run(settings)
+    try:
+        run(settings)
+    except SettingsError as exc:  # what only the loaded model can show (warm sizes, devices)
+        print(f"sd3-serve worker: {exc}", file=sys.stderr)
+        return 2
     return 0

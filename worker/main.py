@@ -7,7 +7,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from common import keys, workers
 from common.contract import ModelInfo
 from worker import metrics, tasks
 from worker.pipeline import WarmPipeline
+from worker.progress import ProgressReporter
 from worker.recovery import REDIS_DOWN, RETRY_FIRST_S, RETRY_MAX_S, Outage, Reaper, connect, pause
 from worker.runner import JobRunner
 from worker.settings import WorkerSettings
@@ -250,7 +251,7 @@ class Heartbeat:
         redis: Redis,
         info: ModelInfo,
         worker_id: str,
-        running: Callable[[], str | None],
+        running: Callable[[], Sequence[str]],
         keep_alive: Callable[[Redis], None],
         outage: Outage,
     ) -> None:
@@ -392,6 +393,17 @@ def run(settings: WorkerSettings) -> None:
         worker_ttl=RQ_WORKER_TTL_S,
     )
     worker.outage = outage
+    # Its own client: progress writes never queue behind the job's own commands.
+    progress = ProgressReporter(
+        WorkerJobStore(
+            connect(url, decode=True),
+            settings.result_ttl_s,
+            worker=worker_id,
+            silence_s=settings.silence_s,
+        ),
+        outage,
+        interval_s=settings.progress_interval_s,
+    )
     runner = JobRunner(
         pipeline,
         store,
@@ -399,6 +411,8 @@ def run(settings: WorkerSettings) -> None:
         metrics.JobLabels(name, settings.resolution_labels(), settings.step_labels()),
         outage=outage,
         stopping=lambda: worker.stop_requested,
+        max_batch=settings.max_batch,
+        progress=progress,
     )
     tasks.install(runner)
     # Each thread its own client, so that no thread's commands queue behind another's.
@@ -418,7 +432,7 @@ def run(settings: WorkerSettings) -> None:
         connect(url, decode=True),
         pipeline.info,
         worker_id,
-        lambda: runner.current,
+        lambda: runner.held,
         lambda redis: worker.keep_alive(redis, rq_ttl_s),
         outage,
     )
@@ -429,6 +443,7 @@ def run(settings: WorkerSettings) -> None:
     metrics.READY.labels(name).set(1)
     heartbeat.start()
     housekeeping.start()
+    progress.start()
     print(
         f"sd3-serve worker {settings.worker_name} ready, serving {name}; metrics at {metrics_url}",
         flush=True,
@@ -438,6 +453,7 @@ def run(settings: WorkerSettings) -> None:
     finally:
         warm.clear()
         metrics.READY.labels(name).set(0)
+        progress.stop()
         housekeeping.stop()
         heartbeat.stop()
         server.shutdown()

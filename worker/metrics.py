@@ -50,11 +50,23 @@ PROMPT_ENCODE = Histogram(
     ["model"],
     buckets=STEP_BUCKETS,
 )
+PROMPT_CACHE = Counter(
+    "sd3serve_prompt_cache_lookups_total",
+    "Lookups of a prompt text's embeddings (a job with guidance looks up its negative prompt "
+    "too), by result: hit or miss.",
+    ["model", "result"],
+)
 ENCODE = Histogram(
     "sd3serve_encode_seconds",
     "Encoding and storing a job's images.",
     ["model", "resolution"],
     buckets=LATENCY_BUCKETS,
+)
+BATCH_JOBS = Histogram(
+    "sd3serve_batch_jobs",
+    "Jobs run together in one pipeline call (cross-job batching; 1 when a job ran alone).",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
 )
 JOBS_FINISHED = Counter(
     "sd3serve_jobs_finished_total", "Jobs finished, by model and status.", ["model", "status"]

@@ -7,9 +7,10 @@ thread only; scale out by running more worker processes.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,27 @@ from common.contract import (
     ServingDefaults,
     default_max_pixels,
 )
-from worker import metrics
+from common.settings import SettingsError, env_var
+from worker import accel, metrics
+from worker.batch import batch_key
+from worker.prompt_cache import PromptCache, PromptEmbeddings, concat
 from worker.sd3_build import NO_T5_MAX_SEQUENCE_LENGTH
 from worker.settings import BUNDLED, BUNDLED_MODEL_DIR, WorkerSettings
+
+log = logging.getLogger("sd3serve.worker")
 
 StepCallback = Callable[[int, int], None]
 """Called with (0, total) once the prompt is encoded and denoising starts, then after each
 denoising step with (steps done, total); may raise to abort the job."""
+
+BatchStepCallback = Callable[[int, int], Collection[int]]
+"""A batch's StepCallback: also returns the indices of the jobs to drop from the batch from this
+step on (canceled, or no longer this worker's); what it returns at step 0 is not looked at."""
+
+
+class BatchEmptied(Exception):
+    """The step callback dropped every job of the batch: the pipeline call is abandoned."""
+
 
 # Square matrices the size of a small layer: big enough for the CPU's matrix kernels to show
 # their speed, small enough that even emulated bfloat16 takes milliseconds.
@@ -112,6 +127,54 @@ def resolve_model(settings: WorkerSettings) -> str:
     return settings.model_path
 
 
+class _Rows:
+    """Which rows of a batched pipeline call are whose, as jobs leave the batch midway.
+
+    A job that leaves takes its rows out of the latents and the text embeddings the pipeline
+    carries into the next step (the tensors diffusers lets a step callback replace), so the
+    jobs that stay no longer pay for its denoising, and its images are never decoded.
+    """
+
+    TENSORS = ("latents", "prompt_embeds", "pooled_prompt_embeds")
+
+    def __init__(self, counts: Sequence[int], cfg: bool) -> None:
+        self.counts = counts
+        # With guidance the embeddings hold every negative row, then every positive one.
+        self.cfg = cfg
+        self.live = list(range(len(counts)))
+
+    def drop(self, jobs: Collection[int], tensors: dict[str, Any]) -> dict[str, Any]:
+        gone = set(jobs).intersection(self.live)
+        if not gone:
+            return tensors
+        keep = [j for j in self.live if j not in gone]
+        if not keep:
+            raise BatchEmptied()
+        rows: list[int] = []
+        offset = 0
+        for j in self.live:
+            if j not in gone:
+                rows.extend(range(offset, offset + self.counts[j]))
+            offset += self.counts[j]
+        self.live = keep
+        index = torch.tensor(rows, device=tensors["latents"].device)
+        text_index = torch.cat([index, index + offset]) if self.cfg else index
+        return {
+            "latents": tensors["latents"].index_select(0, index),
+            "prompt_embeds": tensors["prompt_embeds"].index_select(0, text_index),
+            "pooled_prompt_embeds": tensors["pooled_prompt_embeds"].index_select(0, text_index),
+        }
+
+    def split(self, images: list[Image]) -> list[list[Image] | None]:
+        """The call's images (the rows left at its end), handed back to their jobs."""
+        out: list[list[Image] | None] = [None] * len(self.counts)
+        at = 0
+        for j in self.live:
+            out[j] = images[at : at + self.counts[j]]
+            at += self.counts[j]
+        return out
+
+
 class WarmPipeline:
     """One loaded pipeline plus what clients need to know about it."""
 
@@ -119,12 +182,18 @@ class WarmPipeline:
         model = resolve_model(settings)
         self.device = choose_device(settings.torch_device)
         self.dtype = choose_dtype(settings.torch_dtype, self.device)
+        accel.check_device(settings, self.device)
         extra: dict[str, Any] = {}
         if settings.drop_t5 or not has_t5(model):
+            if settings.t5_8bit:
+                raise SettingsError(f"{env_var('t5_8bit')}: {model} has no T5 encoder")
             extra = {"text_encoder_3": None, "tokenizer_3": None}
+        elif settings.t5_8bit:
+            extra = {"text_encoder_3": accel.t5_8bit(model, self.device, self.dtype)}
         pipe = StableDiffusion3Pipeline.from_pretrained(model, dtype=self.dtype, **extra)
         pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(self.device)
+        self.router = accel.prepare(pipe, settings, self.device)
+        self.pipe = pipe
         defaults = ServingDefaults.load(Path(model))
         # T5 and the joint attention both see the padding, so a model must be called with the
         # context length it was trained with.
@@ -136,6 +205,8 @@ class WarmPipeline:
         self.vae_tile_above = settings.vae_tile_above
         set_vae_tile(pipe.vae, settings.vae_tile_above)
         self.info = self._describe(settings, defaults)
+        self.prompts = PromptCache(settings.prompt_cache_size)
+        self.warm_sizes = accel.warm_sizes(settings, self.info)
 
     def _describe(self, settings: WorkerSettings, defaults: ServingDefaults) -> ModelInfo:
         pipe = self.pipe
@@ -180,22 +251,52 @@ class WarmPipeline:
 
     def generate(self, params: GenerateParams, on_step: StepCallback | None = None) -> list[Image]:
         """Run one job. Image k uses seed + k, drawn on the CPU so seeds agree across devices."""
-        return self._generate(params, on_step, observe=True)
+        step_callback: BatchStepCallback | None = None
+        if on_step is not None:
+            report = on_step
+
+            def step_callback(step: int, total: int) -> Collection[int]:
+                report(step, total)
+                return ()
+
+        (images,) = self._generate([params], step_callback, observe=True)
+        if images is None:  # only a callback that drops a job empties the batch
+            raise RuntimeError("the job was dropped from its own batch")
+        return images
+
+    def generate_batch(
+        self, jobs: Sequence[GenerateParams], on_step: BatchStepCallback | None = None
+    ) -> list[list[Image] | None]:
+        """Run compatible jobs (one `batch_key`) as one pipeline call: each job's images, None
+        for a job the callback dropped. Each image is drawn from its own job's seeds exactly as
+        if the job ran alone, so it matches that run up to the arithmetic of a larger batch."""
+        return self._generate(jobs, on_step, observe=True)
 
     def _generate(
-        self, params: GenerateParams, on_step: StepCallback | None, *, observe: bool
-    ) -> list[Image]:
+        self,
+        jobs: Sequence[GenerateParams],
+        on_step: BatchStepCallback | None,
+        *,
+        observe: bool,
+    ) -> list[list[Image] | None]:
+        first = jobs[0]
+        if any(batch_key(p) != batch_key(first) for p in jobs):
+            raise ValueError("jobs of one pipeline call must share model, size, steps, guidance")
         generators = [
-            torch.Generator(device="cpu").manual_seed(params.seed + k)
-            for k in range(params.num_images)
+            torch.Generator(device="cpu").manual_seed(p.seed + k)
+            for p in jobs
+            for k in range(p.num_images)
         ]
+        # The pipeline's own rule: guidance above 1 runs the negative prompt too.
+        cfg = first.guidance_scale > 1
+        batch = _Rows([p.num_images for p in jobs], cfg)
 
         def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(step + 1, params.steps)
-            return kwargs
+            if on_step is None:
+                return kwargs
+            return batch.drop(on_step(step + 1, first.steps), kwargs)
 
-        if params.width * params.height > self.vae_tile_above:
+        if first.width * first.height > self.vae_tile_above:
             self.pipe.vae.enable_tiling()
         else:
             self.pipe.vae.disable_tiling()
@@ -203,57 +304,75 @@ class WarmPipeline:
             # Encoded here rather than inside the pipeline call, so that its time is measured
             # apart from the denoising steps'.
             started = time.perf_counter()
-            embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
-                prompt=params.prompt,
-                prompt_2=None,
-                prompt_3=None,
-                negative_prompt=params.negative_prompt,
-                # The pipeline's own rule: guidance above 1 runs the negative prompt too.
-                do_classifier_free_guidance=params.guidance_scale > 1,
-                num_images_per_prompt=params.num_images,
-                device=self.device,
-                max_sequence_length=self.max_sequence_length,
+            embeds, negative_embeds, pooled, negative_pooled = concat(
+                [self._encode_prompt(p, cfg) for p in jobs]
             )
             _synchronize(self.device)
             if observe:
                 metrics.PROMPT_ENCODE.labels(self.info.id).observe(time.perf_counter() - started)
             if on_step is not None:
-                on_step(0, params.steps)
+                on_step(0, first.steps)
             out = self.pipe(
                 prompt_embeds=embeds,
                 negative_prompt_embeds=negative_embeds,
                 pooled_prompt_embeds=pooled,
                 negative_pooled_prompt_embeds=negative_pooled,
-                width=params.width,
-                height=params.height,
-                num_inference_steps=params.steps,
-                guidance_scale=params.guidance_scale,
+                width=first.width,
+                height=first.height,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance_scale,
                 # The embeddings hold one row per image already.
                 num_images_per_prompt=1,
                 generator=generators,
                 callback_on_step_end=callback,
+                callback_on_step_end_tensor_inputs=list(_Rows.TENSORS),
                 output_type="pil",
             )
-        images: list[Image] = out.images
-        return images
+        return batch.split(out.images)
+
+    def _encode_prompt(self, params: GenerateParams, cfg: bool) -> PromptEmbeddings:
+        """The job's prompt embeddings, one row per image; the negatives None without guidance."""
+        return self.prompts.encode(
+            self.pipe,
+            params.prompt,
+            params.negative_prompt,
+            do_cfg=cfg,
+            device=self.device,
+            max_sequence_length=self.max_sequence_length,
+            model=self.info.id,
+        ).repeat(params.num_images)
 
     def warm_up(self) -> None:
-        """One tiny generation, so the first real job does not pay for lazy initialisation."""
+        """A 2-step generation at each warm size, so that no job pays for lazy initialisation,
+        nor, with SD3SERVE_COMPILE, for compiling the transformer for its size."""
         info = self.info
-        # Not a job: its slow first call stays out of the metrics.
-        self._generate(
-            GenerateParams(
-                model=info.id,
-                prompt="warm-up",
-                negative_prompt="",
-                width=info.min_size,
-                height=info.min_size,
-                steps=2,
-                guidance_scale=info.default_guidance_scale,
-                seed=0,
-                num_images=1,
-                output_format=OutputFormat.png,
-            ),
-            None,
-            observe=False,
-        )
+        for width, height in self.warm_sizes:
+            started = time.perf_counter()
+            # Not a job: its slow first call stays out of the metrics.
+            with self.router.warming():
+                self._generate(
+                    [
+                        GenerateParams(
+                            model=info.id,
+                            prompt="warm-up",
+                            negative_prompt="",
+                            width=width,
+                            height=height,
+                            steps=2,
+                            guidance_scale=info.default_guidance_scale,
+                            seed=0,
+                            num_images=1,
+                            output_format=OutputFormat.png,
+                        )
+                    ],
+                    None,
+                    observe=False,
+                )
+            compiled = " (transformer compiled)" if self.router.compiled is not None else ""
+            log.info(
+                "warmed up at %dx%d in %.1f s%s",
+                width,
+                height,
+                time.perf_counter() - started,
+                compiled,
+            )

@@ -1,4 +1,8 @@
-"""Running one queued job: start it, denoise with progress and cancellation, store, finish.
+"""Running queued jobs: start them, denoise with progress and cancellation, store, finish.
+
+The job RQ hands the worker runs together with compatible jobs taken from the front of the same
+queue (worker.batch), in one pipeline call; each keeps its own seeds, progress, cancellation,
+images and final state. A job canceled mid-call leaves the batch, the others go on.
 
 A Redis outage does not end a job: denoising goes on without progress reports, and each write
 the job needs (START, FINISH) is retried until Redis is back. Only a worker asked to stop while
@@ -10,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from PIL.Image import Image
@@ -20,31 +25,27 @@ from common.contract import GenerateParams, JobStatus, Timings
 from common.jobstore import CANCELED_RUNNING, Outcome, Steer
 from common.results import ResultStore
 from worker import metrics
+from worker.batch import LOOKAHEAD, pick
 from worker.encode import encode, image_parameters
-from worker.pipeline import StepCallback
+from worker.pipeline import BatchEmptied, BatchStepCallback
+from worker.progress import ProgressReporter
 from worker.recovery import REDIS_DOWN, RETRY_FIRST_S, RETRY_MAX_S, Outage, pause
+from worker.settings import DEFAULT_PROGRESS_INTERVAL_S
 from worker.store import WorkerJobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# During an outage a step tries to report its progress at most this often.
-PROGRESS_RETRY_S = 1.0
 # What `run` returns for a job it left to the reaper.
 LEFT = "left to the reaper"
 
 
 class Generator(Protocol):
-    def generate(self, params: GenerateParams, on_step: StepCallback | None = None) -> list[Image]:
-        """Run one job, calling `on_step` after each denoising step."""
+    def generate_batch(
+        self, jobs: Sequence[GenerateParams], on_step: BatchStepCallback | None = None
+    ) -> list[list[Image] | None]:
+        """Run compatible jobs as one call, calling `on_step` after each denoising step; each
+        job's images, None for a job `on_step` dropped."""
         ...
-
-
-class JobCanceled(Exception):
-    """Raised from the step callback to leave the pipeline before its VAE decode."""
-
-
-class JobLeft(Exception):
-    """Raised from the step callback when the job is no longer this worker's to run."""
 
 
 class Abandoned(Exception):
@@ -55,7 +56,25 @@ def _never() -> bool:
     return False
 
 
+@dataclass
+class Member:
+    """One job of the batch a worker runs, and how it ended there."""
+
+    id: str
+    params: GenerateParams
+    labels: tuple[str, str, str]
+    # Taken off the queue into the batch (TAKE), so RQ never runs it and its record of the job
+    # is ended here; the batch's first job is RQ's own run.
+    taken: bool
+    # What `run` reports for the job once it has ended (a final state, or LEFT); None before.
+    outcome: str | None = None
+    timings: Timings = field(default_factory=Timings)
+
+
 class JobRunner:
+    """Runs the job RQ hands this worker, with up to `max_batch` images' worth of compatible
+    jobs taken from the same queue into the same pipeline call."""
+
     def __init__(
         self,
         pipeline: Generator,
@@ -65,6 +84,8 @@ class JobRunner:
         *,
         outage: Outage | None = None,
         stopping: Callable[[], bool] = _never,
+        max_batch: int = 1,
+        progress: ProgressReporter | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -72,8 +93,11 @@ class JobRunner:
         self.labels = labels
         self.outage = outage or Outage()
         self.stopping = stopping
-        # The job started and not yet ended here, for the heartbeat to report.
-        self.current: str | None = None
+        self.max_batch = max_batch
+        # Started at the first job when not given (a runner built alone, as tests do).
+        self._progress = progress
+        # The jobs started and not yet ended here, for the heartbeat to report.
+        self.held: list[str] = []
         # PIL releases the GIL while compressing, so a job's images encode side by side.
         self.encoder = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encode")
 
@@ -88,53 +112,141 @@ class JobRunner:
             )
             return LEFT
         finally:
-            self.current = None
+            self.held = []
 
     def _run(self, job_id: str) -> str:
         state = self._through_outage(lambda: self.store.start(job_id))
         if state is not Outcome.running:
             log.info("job %s not started: it is %s", job_id, state)
             return state
-        self.current = job_id
+        self.held = [job_id]
         record = self._through_outage(lambda: self.store.get(job_id))
         if record is None:  # expired between start and read
             return Outcome.missing
-        params = record.params
-        labels = self.labels.of(params.width, params.height, params.steps)
-        model, resolution, _ = labels
-        timings = Timings()
-        status, image_count, error = JobStatus.succeeded, None, None
+        first = self._member(job_id, record.params, taken=False)
+        batch = [first, *self._gather(first)]
+        self.held = [m.id for m in batch]
+        metrics.BATCH_JOBS.labels(first.labels[0]).observe(len(batch))
+        self._run_batch(batch)
+        return first.outcome or LEFT
+
+    def _member(self, job_id: str, params: GenerateParams, *, taken: bool) -> Member:
+        return Member(
+            job_id, params, self.labels.of(params.width, params.height, params.steps), taken
+        )
+
+    def _gather(self, first: Member) -> list[Member]:
+        """Compatible jobs from the front of the queue, taken to run with `first`; none while
+        Redis is away (the job then runs alone)."""
+        if self.max_batch <= first.params.num_images:
+            return []
         try:
-            if params.model != model:
+            waiting = self.store.waiting(first.params.model, LOOKAHEAD)
+            params = {job_id: p for job_id, p in waiting if p is not None}
+            chosen = pick(first.params, [w for w in waiting if w[0] != first.id], self.max_batch)
+            taken = self.store.take(chosen) if chosen else []
+        except REDIS_DOWN as exc:
+            # A job whose TAKE ran before the connection broke is running on this worker as far
+            # as Redis knows, but no heartbeat names it: a reaper puts it back on its queue.
+            self.outage.failed(exc)
+            return []
+        return [
+            self._member(job_id, params[job_id], taken=True)
+            for job_id, outcome in zip(chosen, taken, strict=True)
+            if outcome is Outcome.running
+        ]
+
+    @property
+    def progress(self) -> ProgressReporter:
+        if self._progress is None:
+            self._progress = ProgressReporter(
+                self.store, self.outage, interval_s=DEFAULT_PROGRESS_INTERVAL_S
+            )
+            self._progress.start()
+        return self._progress
+
+    def _run_batch(self, batch: list[Member]) -> None:
+        progress = self.progress
+        progress.track(m.id for m in batch)
+        try:
+            self._denoise(batch)
+        finally:
+            for m in batch:
+                progress.untrack(m.id)
+
+    def _denoise(self, batch: list[Member]) -> None:
+        model, resolution, _ = batch[0].labels
+        started = time.perf_counter()
+        try:
+            if stray := [m.params.model for m in batch if m.params.model != model]:
                 # The API queues a job on its model's own queue; anything else is a bug.
-                raise RuntimeError(f"job for model {params.model!r} reached a {model!r} worker")
-            started = time.perf_counter()
-            images = self.pipeline.generate(params, self._step_callback(job_id, model, resolution))
-            timings.inference = time.perf_counter() - started
-            started = time.perf_counter()
-            self._store_images(job_id, params, images)
-            timings.encode = time.perf_counter() - started
-            metrics.ENCODE.labels(model, resolution).observe(timings.encode)
-            image_count = len(images)
-        except JobCanceled:
-            status, error = JobStatus.canceled, CANCELED_RUNNING
-        except JobLeft:
-            log.info("job %s left: it is no longer this worker's to run", job_id)
-            return LEFT
+                raise RuntimeError(f"job for model {stray[0]!r} reached a {model!r} worker")
+            images = self.pipeline.generate_batch(
+                [m.params for m in batch], self._step_callback(batch, model, resolution)
+            )
+        except BatchEmptied:  # every job ended or was left during the call
+            return
         except Abandoned:
             raise
         except Exception as exc:  # a failed generation is a job state, reported to the client
-            log.exception("job %s failed", job_id)
-            status, error = JobStatus.failed, f"{type(exc).__name__}: {exc}"
+            log.exception("jobs %s failed", ", ".join(m.id for m in batch))
+            for m in batch:
+                if m.outcome is None:
+                    self._finish(m, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+            return
+        inference = time.perf_counter() - started
+        for m, found in zip(batch, images, strict=True):
+            if m.outcome is not None or found is None:
+                continue
+            # The job's last step written before its final state; a cancel or a loss of the job
+            # that only this write learns of still counts.
+            steer = self.progress.untrack(m.id)
+            if steer is not Steer.go and self._steered(m, steer):
+                continue
+            m.timings.inference = inference
+            try:
+                started = time.perf_counter()
+                self._store_images(m.id, m.params, found)
+                m.timings.encode = time.perf_counter() - started
+                metrics.ENCODE.labels(model, resolution).observe(m.timings.encode)
+            except Exception as exc:
+                log.exception("job %s failed", m.id)
+                self._finish(m, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+            else:
+                self._finish(m, JobStatus.succeeded, image_count=len(found))
+
+    def _finish(
+        self,
+        m: Member,
+        status: JobStatus,
+        *,
+        image_count: int | None = None,
+        error: str | None = None,
+    ) -> None:
         outcome = self._through_outage(
             lambda: self.store.finish(
-                job_id, status, timings=timings, image_count=image_count, error=error
+                m.id, status, timings=m.timings, image_count=image_count, error=error
             )
         )
+        m.outcome = outcome.value
         # The first finish wins: a job the API already failed, or one that expired, keeps that.
-        if outcome.status is not None and outcome.status.terminal:
-            self._observe(job_id, outcome.status, labels)
-        return outcome.value
+        ended = outcome.status
+        if ended is not None and ended.terminal:
+            if m.taken:
+                self._through_outage(lambda: self.store.rq_finish(m.id, ended))
+            self._observe(m.id, ended, m.labels)
+
+    def _steered(self, m: Member, steer: Steer) -> bool:
+        """Act on a job's cancel (it ends canceled now, not with the batch, so the client sees
+        it at once) or its loss (another worker has it now: no write); whether it ended."""
+        if steer is Steer.cancel:
+            self._finish(m, JobStatus.canceled, error=CANCELED_RUNNING)
+            return True
+        if steer is Steer.leave:
+            log.info("job %s left: it is no longer this worker's to run", m.id)
+            m.outcome = LEFT
+            return True
+        return False
 
     def _through_outage(self, call: Callable[[], T]) -> T:
         """`call`'s result, retried while Redis is down; Abandoned if the worker is stopping."""
@@ -152,33 +264,28 @@ class JobRunner:
             pause(delay, self.stopping)
             delay = min(2 * delay, RETRY_MAX_S)
 
-    def _step_callback(self, job_id: str, model: str, resolution: str) -> StepCallback:
+    def _step_callback(self, batch: list[Member], model: str, resolution: str) -> BatchStepCallback:
         last = time.perf_counter()
-        last_report = float("-inf")
 
-        def on_step(step: int, total: int) -> None:
-            nonlocal last, last_report
+        def on_step(step: int, total: int) -> list[int]:
+            nonlocal last
             now = time.perf_counter()
             if step == 0:  # denoising starts: the prompt encoding before it is no step's time
                 last = now
-                return
+                return []
             metrics.STEP.labels(model, resolution).observe(now - last)
             last = now
-            if self.outage.down and now - last_report < PROGRESS_RETRY_S:
-                return  # each failed report costs a step its retries
-            last_report = now
-            try:
-                steer = self.store.report(job_id, step, total)
-            except REDIS_DOWN as exc:
-                self.outage.failed(exc)
-                if self.stopping():
-                    raise Abandoned() from None
-                return  # denoising needs no Redis: reports and the cancel check resume with it
-            self.outage.ok()
-            if steer is Steer.cancel:
-                raise JobCanceled()
-            if steer is Steer.leave:
-                raise JobLeft()
+            if self.stopping() and self.outage.down:
+                raise Abandoned()
+            drop: list[int] = []
+            for index, m in enumerate(batch):
+                if m.outcome is not None:
+                    continue
+                self.progress.step(m.id, step, total)
+                steer = self.progress.steer(m.id)
+                if steer is not Steer.go and self._steered(m, steer):
+                    drop.append(index)
+            return drop
 
         return on_step
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from common.contract import MAX_STEPS, MODEL_NAME, MODEL_NAME_PATTERN
+from common.contract import MAX_IMAGES, MAX_STEPS, MODEL_NAME, MODEL_NAME_PATTERN
 from common.settings import CommonSettings, env_var
 
 BUNDLED = "bundled"
@@ -24,6 +24,9 @@ DEFAULT_RESOLUTIONS = (
 )
 # The step counts people use; others are labelled "other", for the same reason.
 DEFAULT_STEP_LABELS = "1,2,4,8,12,20,28,30,40,50"
+
+
+DEFAULT_PROGRESS_INTERVAL_S = 0.1
 
 
 def _default_worker_name() -> str:
@@ -73,6 +76,16 @@ class WorkerSettings(CommonSettings):
             "most this many pixels: less memory, some more time."
         ),
     )
+    max_batch: int = Field(
+        default=MAX_IMAGES,
+        ge=1,
+        description=(
+            "Most images one pipeline call makes: compatible queued jobs (same model, size, steps "
+            "and guidance) run together up to this many images, for more jobs per second at "
+            "some latency to each. 1 runs every job alone. The default is what one job may ask "
+            "for, so a batch never needs more memory than the largest single job."
+        ),
+    )
     max_pixels: int | None = Field(
         default=None,
         ge=1,
@@ -91,6 +104,58 @@ class WorkerSettings(CommonSettings):
         default=7.0, ge=0, le=20, description="Guidance when neither request nor model sets it."
     )
     warmup: bool = Field(default=True, description="Run one small generation before serving.")
+    warm_sizes: str | None = Field(
+        default=None,
+        description=(
+            "Comma-separated WxH sizes the warm-up generates at, one 2-step image each (and, "
+            "with SD3SERVE_COMPILE, compiles for); unset: the model's smallest size, or its "
+            "default size with SD3SERVE_COMPILE."
+        ),
+    )
+    compile: bool = Field(
+        default=False,
+        description=(
+            "torch.compile the transformer at start, for each warm size (SD3SERVE_WARM_SIZES): "
+            "faster steps at those sizes for a longer start; other sizes run uncompiled."
+        ),
+    )
+    compile_backend: Literal["inductor", "eager"] = Field(
+        default="inductor",
+        description=(
+            "torch.compile backend: inductor (generated kernels: the speed-up), or eager "
+            "(tracing only: compiles in seconds, runs no faster; for telling a tracing problem "
+            "from a code-generation one, and for tests)."
+        ),
+    )
+    fuse_qkv: bool = Field(
+        default=False,
+        description=(
+            "Fuse each attention's query, key and value projections into one matrix product: "
+            "fewer, larger kernels; changes results by rounding only."
+        ),
+    )
+    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = Field(
+        default="auto",
+        description=(
+            "The transformer's attention kernel (torch.nn.attention.sdpa_kernel); auto: torch "
+            "picks per call. efficient and cudnn need CUDA."
+        ),
+    )
+    cpu_offload: Literal["none", "model", "sequential"] = Field(
+        default="none",
+        description=(
+            "Keep weights in CPU memory and move them to the GPU as they run: model (a whole "
+            "component at a time) or sequential (a layer at a time: least memory, slowest). "
+            "CUDA only."
+        ),
+    )
+    t5_8bit: bool = Field(
+        default=False,
+        description=(
+            "Load the T5 encoder with 8-bit weights (bitsandbytes, the gpu extra): about half "
+            "its memory, prompts encoded slightly differently. CUDA only."
+        ),
+    )
     metrics_host: str = Field(
         default="0.0.0.0", description="Address of /metrics, /healthz and /readyz."
     )
@@ -130,6 +195,23 @@ class WorkerSettings(CommonSettings):
         description="Unique worker name; default `<hostname>-<pid>`.",
     )
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch.")
+    progress_interval_s: float = Field(
+        default=DEFAULT_PROGRESS_INTERVAL_S,
+        gt=0,
+        le=10,
+        description=(
+            "How often a worker writes its running jobs' progress (the latest step of each) and "
+            "reads their cancel requests, off the denoising thread."
+        ),
+    )
+    prompt_cache_size: int = Field(
+        default=64,
+        ge=0,
+        description=(
+            "Prompt texts whose embeddings a worker keeps on its device (least recently used go "
+            "first); 0: none. An entry of SD3 with T5 is about 2.7 MB in bfloat16."
+        ),
+    )
 
     @field_validator("metrics_resolutions")
     @classmethod
@@ -139,6 +221,48 @@ class WorkerSettings(CommonSettings):
             if not (sep and w.isdigit() and h.isdigit()):
                 raise ValueError(f"expected WxH entries like 1024x1024, got {item.strip()!r}")
         return value
+
+    @field_validator("warm_sizes")
+    @classmethod
+    def _check_warm_sizes(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_sizes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_accel(self) -> WorkerSettings:
+        # What the settings alone can refuse; the device `auto` picks and the model's size
+        # limits are checked at load (worker/accel.py).
+        if self.compile and not self.warmup:
+            raise ValueError(
+                f"{env_var('compile')} needs {env_var('warmup')}: the transformer is compiled "
+                "by the warm-up, so that no request waits for it"
+            )
+        if self.compile and self.cpu_offload != "none":
+            raise ValueError(
+                f"{env_var('compile')} and {env_var('cpu_offload')} do not go together: offload "
+                "moves the weights the compiled graph was built around"
+            )
+        if self.t5_8bit and self.drop_t5:
+            raise ValueError(f"{env_var('t5_8bit')} and {env_var('drop_t5')} exclude each other")
+        if self.torch_device in ("cpu", "mps") and (names := self.needs_cuda()):
+            raise ValueError(
+                f"{' and '.join(names)} as set need a CUDA device, and "
+                f"{env_var('torch_device')} is {self.torch_device}"
+            )
+        return self
+
+    def needs_cuda(self) -> list[str]:
+        """The variables set to what only CUDA has: offload, 8-bit T5, CUDA-only attention."""
+        return [
+            env_var(field)
+            for field, on in (
+                ("cpu_offload", self.cpu_offload != "none"),
+                ("t5_8bit", self.t5_8bit),
+                ("sdpa_backend", self.sdpa_backend in ("efficient", "cudnn")),
+            )
+            if on
+        ]
 
     @field_validator("metrics_steps")
     @classmethod
@@ -189,6 +313,26 @@ class WorkerSettings(CommonSettings):
 
     def step_labels(self) -> frozenset[str]:
         return frozenset(str(int(item)) for item in self.metrics_steps.split(","))
+
+
+# Every warm size is one compiled graph kept for the process's life, and its own compilation
+# at start (a minute or so for SD3 on a GPU).
+MAX_WARM_SIZES = 8
+
+
+def parse_sizes(value: str) -> list[tuple[int, int]]:
+    """`1024x1024,768x1344` as [(width, height), ...]; ValueError naming the bad entry."""
+    sizes: list[tuple[int, int]] = []
+    for item in value.split(","):
+        w, sep, h = item.strip().partition("x")
+        if not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+            raise ValueError(f"expected WxH entries like 1024x1024, got {item.strip()!r}")
+        if (int(w), int(h)) in sizes:
+            raise ValueError(f"{item.strip()} is listed twice")
+        sizes.append((int(w), int(h)))
+    if len(sizes) > MAX_WARM_SIZES:
+        raise ValueError(f"at most {MAX_WARM_SIZES} sizes, got {len(sizes)}")
+    return sizes
 
 
 def silence_for(worker_lost_after_s: float, heartbeat_s: float) -> float:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 
 from redis import Redis
 
 from common import jobstore, keys
-from common.contract import JobStatus, Timings
+from common.contract import GenerateParams, JobStatus, Timings
 from common.jobstore import Holder, JobRecord, Outcome, Steer
 from worker.settings import DEFAULT_SILENCE_S
 
@@ -40,6 +41,8 @@ class WorkerJobStore:
         self.holder = Holder(worker or new_worker_id(), silence_s)
         self.transitions = jobstore.Transitions(ttl_s)
         self._start = redis.register_script(jobstore.START)
+        self._take = redis.register_script(jobstore.TAKE)
+        self._rq_finish = redis.register_script(jobstore.RQ_FINISH)
         self._progress = redis.register_script(jobstore.PROGRESS)
         self._finish = redis.register_script(jobstore.FINISH)
 
@@ -52,6 +55,32 @@ class WorkerJobStore:
         it: a final state, Outcome.missing, or Outcome.taken (another live worker runs it)."""
         call = self.transitions.start(job_id, self.holder)
         return jobstore.decode_outcome(self._start(keys=call.keys, args=call.args))
+
+    def waiting(self, model: str, count: int) -> list[tuple[str, GenerateParams | None]]:
+        """The first `count` jobs waiting on the model's queue, each with its parameters (None
+        for a job whose record is gone)."""
+        ids: list[str] = self.redis.lrange(keys.rq_queue(model), 0, count - 1)  # type: ignore[assignment]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keys.job(job_id), "params")
+            found: list[str | None] = pipe.execute()
+        return [
+            (job_id, None if raw is None else GenerateParams.model_validate_json(raw))
+            for job_id, raw in zip(ids, found, strict=True)
+        ]
+
+    def take(self, job_ids: Sequence[str]) -> list[Outcome]:
+        """Take queued jobs off their queue and start them on this worker, to run in the batch
+        it is starting (one round trip): Outcome.running for each one taken."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                call = self.transitions.start(job_id, self.holder)
+                self._take(keys=call.keys, args=call.args, client=pipe)
+            return [jobstore.decode_outcome(reply) for reply in pipe.execute()]
+
+    def rq_finish(self, job_id: str, status: JobStatus) -> None:
+        """End RQ's record of a job this worker took into a batch, which RQ itself never ran."""
+        self._rq_finish(keys=[keys.rq_job(job_id)], args=[jobstore.rq_status(status), self.ttl_s])
 
     def get(self, job_id: str) -> JobRecord | None:
         fields: dict[str, str] = self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]

@@ -54,6 +54,8 @@ STOP_BOUND_S = 10.0
 JOB_TIMEOUT_S = 180.0
 # Long enough on the tiny model to be caught mid-run: 0.1 to 0.3 s a step on a CI core.
 LONG: dict[str, Any] = {"prompt": "a long job", "width": 384, "height": 384, "steps": 30}
+# Four of these run as one batch (SD3SERVE_MAX_BATCH's default); not batched with LONG.
+BATCHED: dict[str, Any] = {"prompt": "a batched job", "width": 384, "height": 384, "steps": 29}
 SHORT: dict[str, Any] = {"prompt": "a short job", "width": 64, "height": 64, "steps": 2}
 
 
@@ -253,6 +255,34 @@ def test_a_job_whose_worker_is_killed_finishes_on_another_within_the_window(
         back_after_s = (int(back.partition("-")[0]) - killed_at_ms) / 1000
         assert back_after_s < WINDOW_S + MARGIN_S, back_after_s
         assert holder(r, job_id) != name  # the other worker ran it
+
+
+def test_a_worker_killed_with_a_batch_in_flight_leaves_every_job_of_it_to_run_again(
+    chaos: Chaos,
+) -> None:
+    (keep,) = chaos.ensure_workers(1)
+    for name in chaos.live():  # one worker: it takes the whole batch
+        if name != keep:
+            chaos.process(name).terminate()
+            assert chaos.process(name).wait(timeout=JOB_TIMEOUT_S) == 0
+    ledger = Ledger(chaos)
+    blocker = ledger.submit(**LONG)
+    await_mid_run(chaos, blocker)  # the batch queues up behind it
+    batch = [ledger.submit(**BATCHED, seed=seed) for seed in range(4)]
+    with Redis.from_url(chaos.redis_url, decode_responses=True) as r:
+
+        def batch_started() -> bool:
+            return all(status(r, job_id) is JobStatus.running for job_id in batch)
+
+        poll(batch_started, "the batch to start", JOB_TIMEOUT_S)
+        assert {holder(r, job_id) for job_id in batch} == {keep}
+        chaos.process(keep).kill()
+        chaos.process(keep).wait(timeout=30)
+        chaos.start_worker()
+        done = ledger.settle()
+        for job_id in batch:
+            assert (done[job_id].status, done[job_id].attempts) == (JobStatus.succeeded, 2)
+            assert statuses(r, job_id) == ["queued", "running", "queued", "running", "succeeded"]
 
 
 def test_workers_ride_out_redis_down_for_10_s(chaos: Chaos) -> None:

@@ -1,0 +1,143 @@
+"""The serving overhead: a sync job through the whole service next to the same call in-process.
+
+Starts a private stack (redis-server, the API, one worker on the random tiny SD3 of
+worker/tiny_model.py), loads the same model in this process, and for each case alternates
+    served: POST /v1/generate with `Prefer: wait=60` (HTTP, Redis, the queue, the worker's
+            pipeline call with its progress reports, PNG encode, result store, and back), and
+    direct: WarmPipeline.generate with the same parameters, in this process,
+swapping which goes first on every run so neither always follows the other. Both load the model
+in float32, so the only difference is the serving. Prints each median and served / direct
+against issue 26's targets.
+
+    .venv/bin/python bench/overhead.py [--runs 20] [--torch-threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import httpx
+import torch
+
+from common.contract import GenerateParams, OutputFormat
+from common.settings import env_var
+from service.dev import Stack, free_port, start_api, start_redis, start_worker, wait_until
+from worker.pipeline import WarmPipeline
+from worker.settings import WorkerSettings
+from worker.tiny_model import build
+
+# (side, steps, the most served / direct may be)
+CASES = ((128, 8, 1.05), (256, 8, 1.02))
+DTYPE: Final = "float32"
+WARM_RUNS = 2  # of each path and case, before timing: lazy initialisation, caches
+
+
+def params_for(model: str, side: int, steps: int) -> GenerateParams:
+    return GenerateParams(
+        model=model,
+        prompt="a small red circle in the center on a white background",
+        negative_prompt="",
+        width=side,
+        height=side,
+        steps=steps,
+        guidance_scale=4.5,
+        seed=1,
+        num_images=1,
+        output_format=OutputFormat.png,
+    )
+
+
+def timed(call: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="timed runs of each path and case")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        help="CPU threads for torch on both paths (default: torch's own); 1 is steadier on a "
+        "machine others share, where a thread of a team that waits for a core stalls the rest",
+    )
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="sd3serve-overhead-"))
+    model = build(work / "model")
+    largest = max(side for side, _, _ in CASES)
+    env = dict(os.environ) | {
+        env_var("model"): str(model),
+        env_var("result_store"): f"file://{work / 'results'}",
+        env_var("torch_dtype"): DTYPE,
+        env_var("max_pixels"): str(largest * largest),
+    }
+    if args.torch_threads:
+        env[env_var("torch_threads")] = str(args.torch_threads)
+        torch.set_num_threads(args.torch_threads)
+    stack = Stack()
+    results = []
+    try:
+        env[env_var("redis_url")] = start_redis(stack, work, env)
+        start_worker(stack, env, "bench-worker")
+        url = start_api(stack, env, "127.0.0.1", free_port())
+        client = httpx.Client(base_url=url, timeout=120)
+        wait_until(
+            lambda: client.get("/readyz").json()["workers"] >= 1, stack, "a warm worker", 300
+        )
+        direct = WarmPipeline(WorkerSettings(model=str(model), torch_dtype=DTYPE))
+        direct.warm_up()
+
+        for side, steps, target in CASES:
+            params = params_for(model.name, side, steps)
+            body = params.model_dump(mode="json")
+
+            def serve(body: dict[str, object] = body) -> None:
+                reply = client.post("/v1/generate", json=body, headers={"Prefer": "wait=60"})
+                if reply.status_code != 200 or reply.json()["status"] != "succeeded":
+                    raise SystemExit(f"request did not finish: {reply.status_code} {reply.text}")
+
+            def call(params: GenerateParams = params) -> None:
+                direct.generate(params)
+
+            for _ in range(WARM_RUNS):
+                serve()
+                call()
+            served, bare = [], []
+            for run in range(args.runs):
+                if run % 2:
+                    bare.append(timed(call))
+                    served.append(timed(serve))
+                else:
+                    served.append(timed(serve))
+                    bare.append(timed(call))
+            results.append(
+                (side, steps, target, statistics.median(served), statistics.median(bare))
+            )
+        client.close()
+    finally:
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    threads = args.torch_threads or torch.get_num_threads()
+    print(f"tiny SD3, {DTYPE}, {threads} torch threads, {args.runs} runs of each, alternating:")
+    print("  case      served median  direct median  served/direct  target")
+    for side, steps, target, a, b in results:
+        verdict = "met" if a / b <= target else "missed"
+        print(
+            f"  {side}²/{steps:<3} {a * 1000:10.1f} ms  {b * 1000:10.1f} ms"
+            f"   {a / b:5.3f} ({(a - b) * 1000:+.1f} ms)  ≤ {target:.2f} {verdict}"
+        )
+
+
+if __name__ == "__main__":
+    main()
