@@ -172,7 +172,16 @@ class GenerationService:
         job_id = uuid.uuid4().hex
         enqueue: tuple[str, list[bytes]] | None = None
         for _ in range(ADMISSION_TRIES):
-            params = resolve(request, choice.info)
+            try:
+                params = resolve(request, choice.info)
+            except InvalidParameter:
+                # Refused only on the record Redis holds now: its workers may have been
+                # redeployed with other limits since this process cached it.
+                fresh = await self.models.models(fresh=True)
+                if fresh.records.get(choice.info.id) == choice.check.record:
+                    raise
+                choice = await self.choose_model(request.model)
+                continue
             model = choice.info.id
             if enqueue is None or enqueue[0] != model:
                 enqueue = (model, await self._enqueue_commands(job_id, model))

@@ -171,6 +171,11 @@ def test_the_model_cache_sees_every_change(bare: tuple[Api, str]) -> None:
     assert "between 64 and 128" in too_big.json()["error"]["message"]
     listed = {m["id"]: m for m in api.client.get("/v1/models").json()["data"]}
     assert listed[first]["max_size"] == 128
+    # Raised again (a redeploy with larger limits): the cached record refuses nothing the
+    # record Redis holds now allows.
+    with Redis.from_url(redis_url) as redis:
+        redis.hset(keys.MODELS, first, json.dumps(record | {"max_size": 512}))
+    assert submit(api, model=first, prompt="x", width=256, height=64).status_code == 202
 
     # The records are lost (a Redis without persistence restarted): nothing is admitted on
     # what the API remembers.
