@@ -296,7 +296,8 @@ class Report:
 
 def _summary(value: dict[str, Any]) -> str:
     if "error" in value:
-        return f"error: {value['error']}"
+        verdict = "does not fit: " if value.get("fits") is False else ""
+        return f"{verdict}error: {value['error']}"
     if "skipped" in value:
         return f"skipped: {value['skipped']}"
     parts = [f"best {value['best_s']:.3f} s"] if "best_s" in value else []
@@ -350,7 +351,11 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["", f"| fit in {FIT_GIB:g} GiB | fits | peak allocated GiB | best s |"]
         lines.append("|---|---|---|---|")
         for key, value in fits.items():
-            fit = "error" if "error" in value else ("yes" if value.get("fits") else "no")
+            # An out-of-memory run records its error and fits=False: the answer is "no".
+            if "fits" in value:
+                fit = "yes" if value["fits"] else "no"
+            else:
+                fit = "error" if "error" in value else "no"
             if "skipped" in value:
                 fit = f"skipped: {value['skipped']}"
             peak = _cell(value, "peak_allocated_gib", "{:.2f}")

@@ -317,11 +317,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# Returns a Steer: go on; stop and finish canceled (a cancel was requested, so one round trip
-# per step does both); or leave the job (it is no longer running: expired, or finished by the
-# API; or, given the worker, no longer that worker's: re-queued after it was taken for gone, or
-# started by another since). A job left gets no write: no keyless hash, no event after its last.
-# ARGV: maxlen, step, total[, worker id].
 # What PROGRESS and STEER answer: whether the job is no longer `worker`'s to run, and else
 # whether to go on or cancel.
 _STEERING = """
@@ -335,6 +330,11 @@ local function go_or_cancel()
 end
 """
 
+# PROGRESS returns a Steer: go on; stop and finish canceled (a cancel was requested, so one
+# round trip does both); or leave the job (it is no longer running: expired, or finished by the
+# API; or, given the worker, no longer that worker's: re-queued after it was taken for gone, or
+# started by another since). A job left gets no write: no keyless hash, no event after its last.
+# ARGV: maxlen, step, total[, worker id].
 PROGRESS = (
     _PRELUDE
     + _RECOVERY
@@ -610,11 +610,6 @@ def rq_status(status: JobStatus) -> str:
 def decode_outcome(reply: object) -> Outcome:
     """A transition script's reply (str, or bytes from a client without decode_responses)."""
     return Outcome(reply.decode() if isinstance(reply, bytes) else str(reply))
-
-
-def decode_cancel_flag(reply: object) -> bool:
-    """Whether PROGRESS's reply tells the worker to stop (to cancel, or to leave the job)."""
-    return decode_steer(reply) is not Steer.go
 
 
 def decode_steer(reply: object) -> Steer:

@@ -103,10 +103,10 @@ def test_good_settings_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"sdpa_backend": "cudnn"}, "sdpa_backend"),
     ],
 )
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where auto picks a CPU")
 def test_cuda_only_options_are_refused_at_load_on_a_cpu(
     model_dir: Path, settings: dict[str, object], named: str
 ) -> None:
-    assert not torch.cuda.is_available()
     with pytest.raises(SettingsError, match=f"{env_var(named)}.*CUDA device"):
         WarmPipeline(WorkerSettings(model=str(model_dir), torch_device="auto", **settings))  # type: ignore[arg-type]
 

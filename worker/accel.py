@@ -31,9 +31,6 @@ SDPA_BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "math": SDPBackend.MATH,
 }
-# torch.compile's dynamo keeps this many compiled variants of one function before it gives up
-# and runs it eager; one variant per warm shape must fit.
-_MIN_RECOMPILE_LIMIT = 8
 
 ShapeKey = tuple[tuple[int, ...], ...]
 
