@@ -262,7 +262,11 @@ return QUEUED
 # A job found running is a retry after its worker died, so it may start again; its webhook
 # was told of `running` the first time. Given the starting worker, START refuses a job another
 # live worker runs, and records the worker as the job's holder, watched by REQUEUE.
-# ARGV: maxlen[, worker id, seconds of silence after which a worker counts as gone].
+# START answers {outcome}, and for a job it started {running, params, the ids of the first
+# `lookahead` jobs waiting on the job's queue}: what its worker needs to begin the run (and to
+# look for jobs to batch with it) comes back in the same round trip.
+# ARGV: maxlen[, worker id, seconds of silence after which a worker counts as gone[,
+# lookahead]].
 _BEGIN = """
 local function begin(s, worker)
   local at = now()
@@ -281,10 +285,15 @@ START = (
     + _BEGIN
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return MISSING end
-if s ~= QUEUED and s ~= RUNNING then return s end
-if ARGV[2] and held_by_another(s, ARGV[2], tonumber(ARGV[3])) then return TAKEN end
-return begin(s, ARGV[2])
+if not s then return {MISSING} end
+if s ~= QUEUED and s ~= RUNNING then return {s} end
+if ARGV[2] and held_by_another(s, ARGV[2], tonumber(ARGV[3])) then return {TAKEN} end
+begin(s, ARGV[2])
+local params = redis.call('HGET', KEYS[1], 'params')
+local lookahead = tonumber(ARGV[4] or '0')
+if lookahead == 0 then return {RUNNING, params} end
+local queue = rq_queue_key(cjson.decode(params).model)
+return {RUNNING, params, unpack(redis.call('LRANGE', queue, 0, lookahead - 1))}
 """
 )
 
@@ -541,10 +550,15 @@ class Transitions:
             creation_fields(retries=retries, webhook=webhook, owner=owner),
         )
 
-    def start(self, job_id: str, holder: Holder | None = None) -> ScriptCall:
+    def start(self, job_id: str, holder: Holder | None = None, lookahead: int = 0) -> ScriptCall:
+        """START (or TAKE, which ignores `lookahead`): by `holder` if given, answering the ids of
+        the first `lookahead` jobs waiting on the job's queue (only with a holder)."""
         if holder is None:
+            if lookahead:
+                raise ValueError("a lookahead needs a holder")
             return self._call(job_id)
-        return self._call(job_id, holder.worker, _seconds(holder.silence_s))
+        more = [lookahead] if lookahead else []
+        return self._call(job_id, holder.worker, _seconds(holder.silence_s), *more)
 
     def progress(self, job_id: str, step: int, total: int, worker: str | None = None) -> ScriptCall:
         return self._call(job_id, step, total, *([] if worker is None else [worker]))
@@ -610,6 +624,29 @@ def rq_status(status: JobStatus) -> str:
 def decode_outcome(reply: object) -> Outcome:
     """A transition script's reply (str, or bytes from a client without decode_responses)."""
     return Outcome(reply.decode() if isinstance(reply, bytes) else str(reply))
+
+
+class Started(NamedTuple):
+    """START's answer: its outcome; for a job it started (and only then), the job's parameters
+    and the ids waiting first on its queue (as many as the lookahead asked for)."""
+
+    outcome: Outcome
+    params: GenerateParams | None = None
+    queued: tuple[str, ...] = ()
+
+
+def _text(reply: object) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def decode_start(reply: object) -> Started:
+    if not isinstance(reply, list) or not reply:
+        raise ValueError(f"START answered {reply!r}")
+    outcome, *rest = (_text(item) for item in reply)
+    if not rest:
+        return Started(Outcome(outcome))
+    params, *queued = rest
+    return Started(Outcome(outcome), GenerateParams.model_validate_json(params), tuple(queued))
 
 
 def decode_steer(reply: object) -> Steer:

@@ -107,6 +107,24 @@ def test_pick_fills_the_batch_in_queue_order_skipping_what_does_not_fit() -> Non
 # TAKE on a real Redis.
 
 
+def test_start_answers_the_started_jobs_params_and_the_jobs_waiting_behind_it(
+    r: Redis, jobs: Jobs
+) -> None:
+    store = worker_store(r)
+    first = jobs.create()
+    behind = [jobs.create() for _ in range(3)]
+    assert jobs.take().id == first  # RQ's pop of the job it hands the worker
+    started = store.begin(first, lookahead=2)
+    assert started == (Outcome.running, PARAMS, tuple(behind[:2]))
+    assert record(r, first).status is JobStatus.running
+    # Only a job START starts comes with its parameters; a lookahead of 0 reads no queue.
+    assert store.begin(first, lookahead=2) == (Outcome.running, PARAMS, tuple(behind[:2]))
+    assert store.begin(uuid.uuid4().hex, lookahead=2) == (Outcome.missing, None, ())
+    assert jobs.cancel(behind[0]) is Outcome.canceled
+    assert store.begin(behind[0], lookahead=2) == (Outcome.canceled, None, ())
+    assert store.begin(behind[1]) == (Outcome.running, PARAMS, ())
+
+
 def test_take_moves_a_queued_job_off_the_queue_and_starts_it_on_the_worker(
     r: Redis, rq: Redis, jobs: Jobs
 ) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from common.contract import GenerateRequest, ModelInfo, OutputFormat
+from common.contract import GenerateParams, GenerateRequest, ModelInfo, OutputFormat
 from common.jobstore import decode_record
 from service.client import output_paths
 from service.errors import InvalidParameter
 from service.params import parse_prefer_wait, resolve
+from worker.encode import encode, image_parameters
 from worker.metrics import JobLabels, resolution_label, steps_label
 
 SD3 = ModelInfo(
@@ -201,3 +205,34 @@ def test_record_timings_come_from_redis_timestamps() -> None:
     t = record.timings
     assert (t.queue_wait, t.inference, t.encode, t.total) == (0.5, 2.0, 0.25, 3.0)
     assert record.progress is not None and record.progress.step == 28
+
+
+def test_a_png_at_any_compress_level_keeps_the_pixels_and_the_recipe() -> None:
+    # Smooth with a little noise, as a generated picture is; pure noise would not compress.
+    y, x = np.mgrid[0:96, 0:128]
+    rgb = np.stack([x * 2, y * 2, (x + y) % 256], axis=-1) + np.random.default_rng(0).integers(
+        0, 4, (96, 128, 3)
+    )
+    image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+    params = GenerateParams(
+        model="m",
+        prompt="a red circle",
+        negative_prompt="",
+        width=128,
+        height=96,
+        steps=4,
+        guidance_scale=4.5,
+        seed=7,
+        num_images=2,
+        output_format=OutputFormat.png,
+    )
+    recipe = image_parameters(params, 1)
+    assert recipe["seed"] == 8
+    written = {
+        level: encode(image, OutputFormat.png, recipe, png_level=level) for level in (0, 1, 9)
+    }
+    assert len(written[9]) < len(written[1]) < len(written[0])
+    for data in written.values():
+        decoded = Image.open(io.BytesIO(data))
+        assert np.array_equal(np.asarray(decoded), np.asarray(image))
+        assert json.loads(decoded.text["parameters"]) == recipe

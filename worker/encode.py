@@ -28,14 +28,17 @@ def image_parameters(params: GenerateParams, index: int) -> dict[str, object]:
     }
 
 
-def encode(image: Image, fmt: OutputFormat, parameters: dict[str, object]) -> bytes:
+def encode(
+    image: Image, fmt: OutputFormat, parameters: dict[str, object], *, png_level: int
+) -> bytes:
+    """The image in `fmt`; a PNG compressed at zlib level `png_level`."""
     buf = io.BytesIO()
     if fmt is OutputFormat.png:
         # Text chunks keep the recipe with the picture, as other SD front ends do.
         info = PngInfo()
         info.add_text("parameters", json.dumps(parameters, sort_keys=True))
         info.add_text("Software", "sd3-serve")
-        image.save(buf, format="PNG", pnginfo=info)
+        image.save(buf, format="PNG", pnginfo=info, compress_level=png_level)
     elif fmt is OutputFormat.jpeg:
         image.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
     else:

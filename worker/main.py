@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from redis import Redis
-from redis.client import PubSub, PubSubWorkerThread
+from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import DequeueTimeout
@@ -98,7 +98,6 @@ class WarmWorker(SimpleWorker):
                     in_hand = job.id
                     self.execute_job(job, queue)
                     in_hand = None
-                    self.heartbeat()
                 except REDIS_DOWN as exc:
                     self.outage.failed(exc)
                     # RQ's record of a run cut short is left for the reaper: this worker stops
@@ -196,9 +195,11 @@ class WarmWorker(SimpleWorker):
         """
         if timeout is None:  # burst mode: RQ does not block at all
             return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
-        self.set_state(WorkerStatus.IDLE)
         while not self._stop_requested:
-            self.heartbeat()
+            with self.connection.pipeline(transaction=False) as pipe:
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+                self.heartbeat(pipeline=pipe)
+                pipe.execute()
             if self.should_run_maintenance_tasks:
                 self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
             try:
@@ -216,9 +217,18 @@ class WarmWorker(SimpleWorker):
                 job, queue = result
                 self.reorder_queues(reference_queue=queue)
                 job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
-                self.heartbeat()
+                # No heartbeat here, unlike RQ's: the job's preparation sends one a moment later.
                 return result
         return None
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        # RQ sends a heartbeat's three commands a round trip each; here they are one.
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipe)
+            pipe.execute()
 
     def register_death(self) -> None:
         # A cold stop (a second signal) raises SystemExit wherever the main thread is, which
@@ -413,6 +423,7 @@ def run(settings: WorkerSettings) -> None:
         stopping=lambda: worker.stop_requested,
         max_batch=settings.max_batch,
         progress=progress,
+        png_level=settings.png_compress_level,
     )
     tasks.install(runner)
     # Each thread its own client, so that no thread's commands queue behind another's.

@@ -30,7 +30,7 @@ from worker.encode import encode, image_parameters
 from worker.pipeline import BatchEmptied, BatchStepCallback
 from worker.progress import ProgressReporter
 from worker.recovery import REDIS_DOWN, RETRY_FIRST_S, RETRY_MAX_S, Outage, pause
-from worker.settings import DEFAULT_PROGRESS_INTERVAL_S
+from worker.settings import DEFAULT_PNG_COMPRESS_LEVEL, DEFAULT_PROGRESS_INTERVAL_S
 from worker.store import WorkerJobStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class JobRunner:
         stopping: Callable[[], bool] = _never,
         max_batch: int = 1,
         progress: ProgressReporter | None = None,
+        png_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -94,6 +95,7 @@ class JobRunner:
         self.outage = outage or Outage()
         self.stopping = stopping
         self.max_batch = max_batch
+        self.png_level = png_level
         # Started at the first job when not given (a runner built alone, as tests do).
         self._progress = progress
         # The jobs started and not yet ended here, for the heartbeat to report.
@@ -115,16 +117,14 @@ class JobRunner:
             self.held = []
 
     def _run(self, job_id: str) -> str:
-        state = self._through_outage(lambda: self.store.start(job_id))
-        if state is not Outcome.running:
-            log.info("job %s not started: it is %s", job_id, state)
-            return state
+        lookahead = LOOKAHEAD if self.max_batch > 1 else 0
+        started = self._through_outage(lambda: self.store.begin(job_id, lookahead))
+        if started.params is None:  # not started: what START answers instead of running
+            log.info("job %s not started: it is %s", job_id, started.outcome)
+            return started.outcome
         self.held = [job_id]
-        record = self._through_outage(lambda: self.store.get(job_id))
-        if record is None:  # expired between start and read
-            return Outcome.missing
-        first = self._member(job_id, record.params, taken=False)
-        batch = [first, *self._gather(first)]
+        first = self._member(job_id, started.params, taken=False)
+        batch = [first, *self._gather(first, started.queued)]
         self.held = [m.id for m in batch]
         metrics.BATCH_JOBS.labels(first.labels[0]).observe(len(batch))
         self._run_batch(batch)
@@ -135,13 +135,13 @@ class JobRunner:
             job_id, params, self.labels.of(params.width, params.height, params.steps), taken
         )
 
-    def _gather(self, first: Member) -> list[Member]:
-        """Compatible jobs from the front of the queue, taken to run with `first`; none while
-        Redis is away (the job then runs alone)."""
-        if self.max_batch <= first.params.num_images:
+    def _gather(self, first: Member, queued: Sequence[str]) -> list[Member]:
+        """Compatible jobs among those `queued` at the front of the queue, taken to run with
+        `first`; none while Redis is away (the job then runs alone)."""
+        if self.max_batch <= first.params.num_images or not queued:
             return []
         try:
-            waiting = self.store.waiting(first.params.model, LOOKAHEAD)
+            waiting = self.store.params_of(queued)
             params = {job_id: p for job_id, p in waiting if p is not None}
             chosen = pick(first.params, [w for w in waiting if w[0] != first.id], self.max_batch)
             taken = self.store.take(chosen) if chosen else []
@@ -292,10 +292,13 @@ class JobRunner:
     def _store_images(self, job_id: str, params: GenerateParams, images: list[Image]) -> None:
         def encode_and_store(index: int) -> None:
             parameters = image_parameters(params, index)
-            data = encode(images[index], params.output_format, parameters)
+            data = encode(images[index], params.output_format, parameters, png_level=self.png_level)
             self.results.put(job_id, index, data, params.output_format)
 
         # Images are written before the job is marked succeeded, so every listed URL resolves.
+        if len(images) == 1:  # nothing to encode beside it: no hop to the pool and back
+            encode_and_store(0)
+            return
         for future in [self.encoder.submit(encode_and_store, i) for i in range(len(images))]:
             future.result()
 

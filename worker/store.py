@@ -11,7 +11,7 @@ from redis import Redis
 
 from common import jobstore, keys
 from common.contract import GenerateParams, JobStatus, Timings
-from common.jobstore import Holder, JobRecord, Outcome, Steer
+from common.jobstore import Holder, JobRecord, Outcome, Started, Steer
 from worker.settings import DEFAULT_SILENCE_S
 
 
@@ -53,13 +53,16 @@ class WorkerJobStore:
     def start(self, job_id: str) -> Outcome:
         """Mark the job running on this worker; returns Outcome.running, or what forbids starting
         it: a final state, Outcome.missing, or Outcome.taken (another live worker runs it)."""
-        call = self.transitions.start(job_id, self.holder)
-        return jobstore.decode_outcome(self._start(keys=call.keys, args=call.args))
+        return self.begin(job_id).outcome
 
-    def waiting(self, model: str, count: int) -> list[tuple[str, GenerateParams | None]]:
-        """The first `count` jobs waiting on the model's queue, each with its parameters (None
-        for a job whose record is gone)."""
-        ids: list[str] = self.redis.lrange(keys.rq_queue(model), 0, count - 1)  # type: ignore[assignment]
+    def begin(self, job_id: str, lookahead: int = 0) -> Started:
+        """`start`, answering too, for a job it started, the job's parameters and the ids of the
+        first `lookahead` jobs waiting behind it on its queue: one round trip."""
+        call = self.transitions.start(job_id, self.holder, lookahead)
+        return jobstore.decode_start(self._start(keys=call.keys, args=call.args))
+
+    def params_of(self, ids: Sequence[str]) -> list[tuple[str, GenerateParams | None]]:
+        """Each job with its parameters (None for a job whose record is gone)."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hget(keys.job(job_id), "params")
