@@ -19,22 +19,19 @@ import logging
 import math
 import random
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
-from starlette.datastructures import URL
 
 from common import keys, webhooks
 from common.contract import WebhookRequest, WebhookState
 from common.webhooks import Delivery, WebhookConfig
 from service.errors import InvalidParameter, JobNotFound
-from service.routes.deps import job_response
+from service.routes.deps import LinksAt, job_response
 from service.service import GenerationService
 from service.settings import ApiSettings
 
@@ -138,17 +135,6 @@ def worth_retrying(status: int | None) -> bool:
     because redirects are not followed.
     """
     return status is None or status in (408, 429) or status >= 500
-
-
-@dataclass
-class LinksAt:
-    """`url_for` as the request that submitted the job would answer it."""
-
-    app: FastAPI
-    base_url: str
-
-    def url_for(self, name: str, /, **path_params: Any) -> URL:
-        return self.app.url_path_for(name, **path_params).make_absolute_url(self.base_url)
 
 
 class WebhookSender:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from openapi_spec_validator import validate
 
 from service.app import create_app
 from service.openapi import render
+from service.routes.deps import LinksAt
 from service.settings import ApiSettings
 from tests.harness import Api, deployment, publish_model_record, settings_env
 from tests.helpers import submit
@@ -294,3 +296,18 @@ def test_live_503_and_429_carry_retry_after(
         full = submit(bare.api, model=idle, prompt="one too many", steps=1)
         assert full.status_code == 429
         conforms(spec, "post", "/v1/generate", full)
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:8000/", "https://api.example/sd3/"])
+def test_job_links_are_the_urls_starlette_builds(base: str) -> None:
+    app = create_app(ApiSettings.model_construct())
+    links = LinksAt(app, base)
+    job_id = uuid.uuid4().hex
+    for name, params in [
+        ("get_job", {}),
+        ("stream_job_events", {}),
+        ("get_image", {"index": 0}),
+        ("get_image", {"index": 3}),
+    ]:
+        expected = app.url_path_for(name, job_id=job_id, **params).make_absolute_url(base)
+        assert links.url_for(name, job_id=job_id, **params) == str(expected)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Request, Response
 from common.contract import GenerateRequest
 from service.openapi import error
 from service.params import parse_prefer_wait
-from service.routes.deps import IdempotencyKey, Owner, Service, job_response
+from service.routes.deps import IdempotencyKey, LinksAt, Owner, Service, job_response
 from service.schemas import EXAMPLE_JOB_URL, JobResponse
 from service.service import JobView
 from service.webhooks import accept_webhook
@@ -107,6 +107,6 @@ async def generate(
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if view.record.status.terminal:
             response.status_code = 200
-    job = job_response(view, request, service)
+    job = job_response(view, LinksAt.of(request), service)
     response.headers["Location"] = job.links.self
     return job

@@ -30,7 +30,7 @@ from service.openai_compat import (
     with_quality,
 )
 from service.params import parse_prefer_wait
-from service.routes.deps import IdempotencyKey, Owner, Service, image_links
+from service.routes.deps import IdempotencyKey, LinksAt, Owner, Service, image_links
 from service.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ async def image_data(
     owner: str | None,
 ) -> list[ImageData]:
     if body.response_format == "url":
-        return [ImageData(url=url) for url in image_links(record, request, service)]
+        return [ImageData(url=url) for url in image_links(record, LinksAt.of(request), service)]
     data = []
     for i in range(record.image_count):
         image = await service.image(record.id, i, owner=owner)
@@ -149,7 +149,7 @@ async def create_image(
     except ApiError as exc:
         raise from_api_error(exc, body) from exc
 
-    job_url = str(request.url_for("get_job", job_id=record.id))
+    job_url = LinksAt.of(request).url_for("get_job", job_id=record.id)
     waited_s = WAIT_MAX_S if wait_s is None else wait_s
     try:
         record = (await service.wait(record.id, waited_s, owner=owner)).record

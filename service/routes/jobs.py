@@ -11,7 +11,14 @@ from pydantic import BeforeValidator
 
 from common.contract import MAX_IMAGES, OutputFormat
 from service.openapi import BINARY, error
-from service.routes.deps import Owner, Service, existing_job, job_response, stream_slot
+from service.routes.deps import (
+    LinksAt,
+    Owner,
+    Service,
+    existing_job,
+    job_response,
+    stream_slot,
+)
 from service.schemas import EXAMPLE_JOB_ID, JobResponse
 from service.service import JobView
 
@@ -77,7 +84,7 @@ id: 1767225601870-0
 async def get_job(job_id: str, request: Request, service: Service, owner: Owner) -> JobResponse:
     """A job's status, queue position, progress, parameters (seed included), timings, error and
     links: to itself, to its events and to its images once it has succeeded."""
-    return job_response(await service.get(job_id, owner=owner), request, service)
+    return job_response(await service.get(job_id, owner=owner), LinksAt.of(request), service)
 
 
 @router.get(
@@ -144,7 +151,7 @@ async def cancel_job(
     view = await service.cancel(job_id, owner=owner)
     if not view.record.status.terminal:
         response.status_code = 202
-    return job_response(view, request, service)
+    return job_response(view, LinksAt.of(request), service)
 
 
 @router.get(
