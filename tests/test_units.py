@@ -235,4 +235,4 @@ def test_a_png_at_any_compress_level_keeps_the_pixels_and_the_recipe() -> None:
     for data in written.values():
         decoded = Image.open(io.BytesIO(data))
         assert np.array_equal(np.asarray(decoded), np.asarray(image))
-        assert json.loads(decoded.text["parameters"]) == recipe
+        assert json.loads(decoded.info["parameters"]) == recipe
