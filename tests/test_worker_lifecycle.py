@@ -13,13 +13,17 @@ import pytest
 from redis import Redis
 from rq import Queue
 
+from common import keys
+from service.dev import free_port
 from tests.harness import (
     START_TIMEOUT_S,
     TINY_MODEL,
     Deployment,
+    Worker,
     deployment,
     poll,
     settings_env,
+    start_redis,
     start_worker,
     worker_count,
 )
@@ -114,6 +118,37 @@ def test_accepted_job_survives_its_worker_dying(bare: Deployment) -> None:
     assert len(done["links"]["images"]) == 1
     second.process.terminate()
     assert second.process.wait(timeout=60) == 0
+
+
+def model_loaded(worker: Worker) -> bool:
+    if worker.process.poll() is not None:
+        raise AssertionError(f"the worker exited with code {worker.process.returncode}")
+    scrape = httpx.get(f"{worker.metrics_url}/metrics", timeout=5).text
+    return any(
+        line.startswith("sd3serve_model_load_seconds ") and float(line.split()[1]) > 0
+        for line in scrape.splitlines()
+    )
+
+
+def test_a_worker_up_before_its_redis_waits_for_it_with_the_model_loaded(
+    bare: Deployment, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    early = start_worker(bare.stack, bare.env | settings_env(redis_url=url), "lifecycle-early")
+    poll(lambda: model_loaded(early), "the model to load with Redis down")
+    assert httpx.get(f"{early.metrics_url}/readyz", timeout=5).json() == {
+        "warm": False,
+        "redis": False,
+    }
+    assert model_loaded(early)  # still waiting, not exited
+
+    assert start_redis(bare.stack, tmp_path, port) == url
+    poll(lambda: httpx.get(f"{early.metrics_url}/readyz", timeout=5).status_code == 200, "ready")
+    with Redis.from_url(url, decode_responses=True) as late:
+        assert late.hexists(keys.MODELS, TINY_MODEL)  # its model published on the new Redis
+    early.process.terminate()
+    assert early.process.wait(timeout=60) == 0
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from redis import Redis
@@ -31,6 +31,7 @@ from worker.runner import JobRunner
 from worker.settings import WorkerSettings
 from worker.store import WorkerJobStore, new_worker_id
 
+T = TypeVar("T")
 log = logging.getLogger("sd3serve.worker")
 
 # How long an idle worker blocks on the queue before it looks at its stop flag again.
@@ -350,6 +351,24 @@ class Housekeeping:
         self.thread.join(timeout=5)
 
 
+def _first_contact(call: Callable[[], T], outage: Outage) -> T:
+    """`call`'s result, retried until Redis answers it. A worker may come up before its Redis
+    does (a pod started beside a Redis that is restarting): it keeps the model it has just
+    loaded, minutes of work for a large one, instead of exiting to load it all again. A stop
+    signal meanwhile ends the process as usual: it holds nothing yet."""
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            result = call()
+        except REDIS_DOWN as exc:
+            outage.failed(exc)
+        else:
+            outage.ok()
+            return result
+        time.sleep(delay)
+        delay = min(2 * delay, RETRY_MAX_S)
+
+
 def _redis_answers(redis: Redis) -> Callable[[], bool]:
     def check() -> bool:
         try:
@@ -395,12 +414,16 @@ def run(settings: WorkerSettings) -> None:
         silence_s=settings.silence_s,
     )
     rq_redis = connect(url)  # RQ wants raw bytes
-    worker = WarmWorker(
-        [Queue(keys.queue_name(name), connection=rq_redis)],
-        connection=rq_redis,
-        name=settings.worker_name,
-        maintenance_interval=settings.maintenance_interval_s,
-        worker_ttl=RQ_WORKER_TTL_S,
+    # RQ's worker names its connection on Redis as it is built: the first command sent.
+    worker = _first_contact(
+        lambda: WarmWorker(
+            [Queue(keys.queue_name(name), connection=rq_redis)],
+            connection=rq_redis,
+            name=settings.worker_name,
+            maintenance_interval=settings.maintenance_interval_s,
+            worker_ttl=RQ_WORKER_TTL_S,
+        ),
+        outage,
     )
     worker.outage = outage
     # Its own client: progress writes never queue behind the job's own commands.
@@ -447,8 +470,12 @@ def run(settings: WorkerSettings) -> None:
         lambda redis: worker.keep_alive(redis, rq_ttl_s),
         outage,
     )
-    heartbeat.beat()  # publish the model before announcing readiness
-    reaper.reap()  # jobs of workers that died while none was up to notice
+
+    def publish() -> None:
+        heartbeat.beat()  # the model, before readiness is announced
+        reaper.reap()  # jobs of workers that died while none was up to notice
+
+    _first_contact(publish, outage)
     housekeeping = Housekeeping(settings, reaper, outage)
     warm.set()
     metrics.READY.labels(name).set(1)
