@@ -313,6 +313,10 @@ if not s then return MISSING end
 if s == RUNNING then return TAKEN end
 if s ~= QUEUED then return s end
 if redis.call('LREM', rq_queue_key(job_model()), 1, this_job()) == 0 then return TAKEN end
+-- RQ never runs a taken job, so nothing of RQ's would expire its record of it should the worker
+-- die between the job's end and RQ_FINISH: it lasts as long as the job's own record does.
+local ttl = redis.call('TTL', KEYS[1])
+if ttl > 0 then redis.call('EXPIRE', rq_job_key(this_job()), ttl) end
 return begin(s, ARGV[2])
 """
 )

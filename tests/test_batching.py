@@ -138,6 +138,9 @@ def test_take_moves_a_queued_job_off_the_queue_and_starts_it_on_the_worker(
     assert r.sismember(keys.running(MODEL), second)
     assert statuses(r, second) == ["queued", "running"]
     assert rq_status(rq, second) == "queued"  # RQ's record stays until the worker ends it
+    # ... or, should the worker die after the job's end, until the job's own record expires.
+    assert 0 < rq.ttl(keys.rq_job(second)) <= r.ttl(keys.job(second))
+    assert rq.ttl(keys.rq_job(first)) == -1  # a job left queued keeps RQ's record as RQ made it
 
 
 def test_take_leaves_a_job_that_is_no_longer_queued_where_it_is(r: Redis, jobs: Jobs) -> None:
