@@ -26,10 +26,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from common.keys import queue_name
 from common.settings import ENV_PREFIX, env_var
+from service.auth import KeysFileError, key_line, load_key_ring, new_key
 from service.cli import parser
 from service.dev import REDIS_DURABILITY
 from service.settings import ApiSettings
@@ -89,6 +91,17 @@ ALLOWED_ENV = {
     "fetch-model": {env_var(f) for f in WorkerSettings.model_fields} | HF_VARS,
 }
 HUB_INIT = "fetch-model"
+# The volume types Pod Security "restricted" admits.
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 IMAGE_PREFIX = "ghcr.io/sd3-serve/"
 
 Obj = dict[str, Any]
@@ -300,19 +313,22 @@ def test_overlays_are_the_expected_ones() -> None:
     assert found == set(OVERLAYS)
 
 
-@pytest.mark.parametrize("path", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
-def test_builds_and_validates(path: str) -> None:
-    text = build_text(path)
+def assert_validates(text: str, what: str) -> None:
     kinds = {o["kind"] for o in load_all(text)}
     assert {"Deployment", "ConfigMap", "ScaledObject"} <= kinds
     result = validate(text)
     report = result.stdout + result.stderr
-    assert result.returncode == 0, f"deploy/{path} does not validate:\n{report}"
+    assert result.returncode == 0, f"{what} does not validate:\n{report}"
     # kubernetes-validate only warns on a kind it has no schema for: a misspelt apiVersion of a
     # core kind would pass unvalidated. Only the custom resources may be skipped.
     skipped = set(re.findall(r"schema for kind (\S+) with api version", report))
     assert skipped <= CUSTOM_KINDS, f"not validated: {skipped - CUSTOM_KINDS}"
     assert "ERROR" not in report
+
+
+@pytest.mark.parametrize("path", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
+def test_builds_and_validates(path: str) -> None:
+    assert_validates(build_text(path), f"deploy/{path}")
 
 
 def test_validation_is_strict() -> None:
@@ -348,9 +364,12 @@ def test_one_namespace(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_references_resolve(overlay: str) -> None:
+    assert_references_resolve(build(overlay))
+
+
+def assert_references_resolve(objs: list[Obj]) -> None:
     """Every ConfigMap, PVC and Secret key a pod or KEDA reads exists (Secrets: or is documented
     in deploy/secret.example.yaml, for the user to create)."""
-    objs = build(overlay)
     config_maps = {o["metadata"]["name"] for o in of_kind(objs, "ConfigMap")}
     claims = {o["metadata"]["name"] for o in of_kind(objs, "PersistentVolumeClaim")}
     secrets = known_secret_keys(objs)
@@ -364,6 +383,10 @@ def test_references_resolve(overlay: str) -> None:
                 assert v["configMap"]["name"] in config_maps
             if "persistentVolumeClaim" in v:
                 assert v["persistentVolumeClaim"]["claimName"] in claims_here
+            if "secret" in v:
+                known = secrets.get(v["secret"]["secretName"], set())
+                for item in v["secret"].get("items", []):
+                    assert item["key"] in known, (v["name"], item)
         for c in containers(w):
             for mount in c.get("volumeMounts", []):
                 assert mount["name"] in volumes or mount["name"] in claims_here, mount
@@ -393,7 +416,10 @@ def test_references_resolve(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_env_names_are_settings_with_valid_values(overlay: str, clean_env: None) -> None:
-    objs = build(overlay)
+    assert_env_is_settings(build(overlay), overlay)
+
+
+def assert_env_is_settings(objs: list[Obj], overlay: str) -> None:
     for process, allowed in ALLOWED_ENV.items():
         found = sd3_containers(objs, process)
         if process == HUB_INIT and overlay in CPU_ONLY:
@@ -464,6 +490,144 @@ def test_api(overlay: str) -> None:
     (service,) = [s for s in of_kind(objs, "Service") if component(s) == "api"]
     assert selects(service["spec"]["selector"], labels)
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+
+
+# ---- the API's secrets: webhooks and API keys --------------------------------------------------
+
+API_SECRET = "sd3-serve-api"
+API_KEYS_COMPONENT = "components/api-keys"
+API_KEYS_SECRET = "sd3-serve-api-keys"
+API_KEYS_VOLUME = "api-keys"
+
+
+def build_with_component(overlay: str, path: str, tmp_path: Path) -> str:
+    """An overlay with one more component, as a user's own kustomization would add it."""
+    # kustomize refuses absolute paths to other kustomizations: relative ones, from tmp_path.
+    here = tmp_path / "with-component"
+    here.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "overlays" / overlay, here)],
+        "components": [os.path.relpath(DEPLOY / path, here)],
+    }
+    (here / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = run([tool("kubectl"), "kustomize", str(here)])
+    assert result.returncode == 0, f"{overlay} + {path} does not build:\n{result.stderr}"
+    return result.stdout
+
+
+def env_var_of(c: Obj, name: str) -> Obj | None:
+    found = [v for v in c.get("env", []) if v["name"] == name]
+    assert len(found) <= 1, f"{c['name']}: {name} twice"
+    return found[0] if found else None
+
+
+def named_volume(workload: Obj, name: str) -> Obj:
+    found: list[Obj] = [v for v in pod_spec(workload).get("volumes", []) if v["name"] == name]
+    assert len(found) == 1, f"{workload['metadata']['name']}: no volume {name}"
+    return found[0]
+
+
+def container_group(workload: Obj, c: Obj) -> int:
+    pod = pod_spec(workload).get("securityContext", {})
+    group: int = c.get("securityContext", {}).get("runAsGroup", pod.get("runAsGroup"))
+    return group
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webhook_secret_is_optional_and_keys_opt_in(overlay: str) -> None:
+    """The webhook secret comes from an optional Secret, so an API without it starts (and refuses
+    webhooks); no overlay names a keys file, whose absence would stop the API."""
+    objs = build(overlay)
+    (api,) = deployments(objs, "api")
+    c = container(api, "api")
+    webhook = env_var_of(c, env_var("webhook_secret"))
+    assert webhook is not None
+    assert webhook["valueFrom"]["secretKeyRef"] == {
+        "name": API_SECRET,
+        "key": env_var("webhook_secret"),
+        "optional": True,
+    }
+    assert env_var("api_keys_file") not in api_env(objs)
+    assert API_KEYS_VOLUME not in {v["name"] for v in pod_spec(api)["volumes"]}
+    # The webhook secret and the keys are the API's alone.
+    for w, worker in sd3_containers(objs, "worker"):
+        names = {v["name"] for v in worker.get("env", [])}
+        assert env_var("webhook_secret") not in names, w["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_keys_component(overlay: str, tmp_path: Path, clean_env: None) -> None:
+    text = build_with_component(overlay, API_KEYS_COMPONENT, tmp_path)
+    assert_validates(text, f"{overlay} + {API_KEYS_COMPONENT}")
+    objs = load_all(text)
+    assert_references_resolve(objs)
+    assert_restricted(objs)
+    assert_env_is_settings(objs, overlay)
+
+    (api,) = deployments(objs, "api")
+    c = container(api, "api")
+    keys_file = api_env(objs)[env_var("api_keys_file")]
+    assert keys_file is not None
+    # The file the variable names is the Secret's `keys` item, in a read-only mount of it.
+    volume = named_volume(api, API_KEYS_VOLUME)
+    secret = volume["secret"]
+    assert secret["secretName"] == API_KEYS_SECRET
+    # Not optional: without the Secret the pod must wait, not start an open API.
+    assert secret.get("optional", False) is False
+    (item,) = secret["items"]
+    assert item["key"] == "keys"
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == API_KEYS_VOLUME]
+    assert mount["readOnly"] is True
+    # A subPath mount would never see an updated Secret.
+    assert "subPath" not in mount
+    assert keys_file == f"{mount['mountPath']}/{item['path']}"
+    # Readable by the API's group (the pod's fsGroup), not by others.
+    assert secret["defaultMode"] & 0o007 == 0
+    assert secret["defaultMode"] & 0o040
+    assert pod_spec(api)["securityContext"]["fsGroup"] == container_group(api, c)
+    assert settings(ApiSettings, api_env(objs)).api_keys_file == Path(keys_file)
+
+    # It adds exactly that to the API, and touches nothing else.
+    plain = {(o["kind"], o["metadata"]["name"]): o for o in build(overlay)}
+    keyed = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+    assert keyed.keys() == plain.keys()
+    api_key = ("Deployment", api["metadata"]["name"])
+    for key, obj in keyed.items():
+        if key != api_key:
+            assert obj == plain[key], key
+    stripped = yaml.safe_load(yaml.safe_dump(api))
+    spec = pod_spec(stripped)
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] != API_KEYS_VOLUME]
+    (stripped_c,) = [x for x in spec["containers"] if x["name"] == "api"]
+    stripped_c["volumeMounts"] = [
+        m for m in stripped_c["volumeMounts"] if m["name"] != API_KEYS_VOLUME
+    ]
+    stripped_c["env"] = [v for v in stripped_c["env"] if v["name"] != env_var("api_keys_file")]
+    assert stripped == plain[api_key]
+
+
+def test_example_api_secrets_stop_the_api_until_changed(tmp_path: Path, clean_env: None) -> None:
+    """Applied unchanged, the example's placeholders must not run: a published webhook key or
+    an empty keys file would be worse than an API that refuses to start."""
+    examples = example_secrets()
+    webhook = examples[API_SECRET][env_var("webhook_secret")]
+    with pytest.raises(ValidationError, match="webhook_secret"):
+        settings(ApiSettings, {env_var("webhook_secret"): webhook})
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(examples[API_KEYS_SECRET]["keys"])
+    with pytest.raises(KeysFileError, match="holds no key"):
+        load_key_ring(keys_file, ApiSettings.model_fields["rate_limit"].default)
+    # What deploy/README.md makes them with is accepted: `openssl rand -base64 32` after
+    # `whsec_`, and the lines of `sd3-serve keys create`.
+    made = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    assert settings(ApiSettings, {env_var("webhook_secret"): made}).webhook_secret is not None
+    keys_file.write_text(
+        key_line("alice", new_key()) + "\n" + key_line("bob", new_key(), "5/second")
+    )
+    ring = load_key_ring(keys_file, ApiSettings.model_fields["rate_limit"].default)
+    assert ring is not None and len(ring) == 2
 
 
 # ---- the workers and KEDA ---------------------------------------------------------------------
@@ -641,12 +805,18 @@ def test_redis(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_are_restricted(overlay: str) -> None:
+    assert_restricted(build(overlay))
+
+
+def assert_restricted(objs: list[Obj]) -> None:
     """Pod Security Standard "restricted", which the namespace enforces."""
-    for w in workloads(build(overlay)):
+    for w in workloads(objs):
         spec = pod_spec(w)
         pod = spec.get("securityContext", {})
         assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
-        assert not any("hostPath" in v for v in spec.get("volumes", []))
+        for v in spec.get("volumes", []):
+            kinds = set(v) - {"name"}
+            assert kinds <= RESTRICTED_VOLUMES, (w["metadata"]["name"], v["name"], kinds)
         assert spec.get("automountServiceAccountToken") is False
         for c in containers(w):
             sc = c.get("securityContext", {})

@@ -11,6 +11,7 @@ through them: the wiring of names, ports and variables is exercised, not only pa
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from redis import Redis
 
 from common import keys
 from common.settings import ENV_PREFIX, env_var
+from service.auth import key_line, new_key
 from service.cli import parser
 from service.dev import REDIS_DURABILITY, Stack, free_port, wait_until
 from service.settings import ApiSettings
@@ -73,38 +75,48 @@ def tool(name: str) -> str:
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run the compose files: which files, which profiles, and what should start."""
+    """One way to run the compose files: which files, which profiles, what should start, and
+    the variables exported where it runs."""
 
     files: tuple[str, ...]
     profiles: tuple[str, ...]
     services: frozenset[str]
+    env: tuple[tuple[str, str], ...] = ()
 
 
 BASE = frozenset({"redis", "api"})
 S3 = frozenset({"minio", "minio-init"})
 OBSERVABILITY = frozenset({"prometheus", "grafana"})
+# What compose.keys.yaml mounts: the keys file on the host, named by this variable.
+KEYS_HOST_FILE = "SD3SERVE_API_KEYS_HOST_FILE"
+KEYS_ENV = ((KEYS_HOST_FILE, "/srv/sd3-serve/api-keys"),)
 VARIANTS = {
     "default": Variant(("compose.yaml",), (), BASE),
     "cpu": Variant(("compose.yaml",), ("cpu",), BASE | {"worker-cpu"}),
     "gpu": Variant(("compose.yaml",), ("gpu",), BASE | {"worker"}),
     "observability": Variant(("compose.yaml",), ("observability",), BASE | OBSERVABILITY),
     "s3": Variant(("compose.yaml", "compose.s3.yaml"), ("cpu",), BASE | S3 | {"worker-cpu"}),
+    "keys": Variant(("compose.yaml", "compose.keys.yaml"), (), BASE, KEYS_ENV),
     "all": Variant(
-        ("compose.yaml", "compose.s3.yaml"),
+        ("compose.yaml", "compose.s3.yaml", "compose.keys.yaml"),
         ("cpu", "gpu", "observability"),
         BASE | S3 | OBSERVABILITY | {"worker", "worker-cpu"},
+        KEYS_ENV,
     ),
 }
 
 
-def compose(variant: Variant, *args: str) -> subprocess.CompletedProcess[str]:
-    """docker-compose on the variant, as a user with no .env and nothing exported would run it."""
-    argv = [tool("docker-compose"), "--env-file", os.devnull]
+def compose(
+    variant: Variant, *args: str, env_file: str = os.devnull
+) -> subprocess.CompletedProcess[str]:
+    """docker-compose on the variant, as a user with no .env (unless `env_file`) and only the
+    variant's variables exported would run it."""
+    argv = [tool("docker-compose"), "--env-file", env_file]
     for name in variant.files:
         argv += ["-f", str(DOCKER / name)]
     for profile in variant.profiles:
         argv += ["--profile", profile]
-    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")} | dict(variant.env)
     return subprocess.run(
         argv + list(args), cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60
     )
@@ -315,6 +327,101 @@ def test_the_api_and_the_workers_share_one_result_store(name: str, scheme: str) 
         mounts = [volume(s, urlsplit(store).path) for s in ours]
         assert {m["type"] for m in mounts} == {"volume"}
         assert len({m["source"] for m in mounts}) == 1
+
+
+# ---- the API's secrets -------------------------------------------------------------------
+
+WEBHOOK_SECRET = env_var("webhook_secret")
+KEYS_FILE = env_var("api_keys_file")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ApiSettings reads os.environ too: keep this process's SD3SERVE_ variables out."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+def api_settings(service: Service) -> ApiSettings:
+    """The settings the API would start with, from the service's environment alone."""
+    values = {
+        name.removeprefix(ENV_PREFIX).lower(): value
+        for name, value in service.get("environment", {}).items()
+        if name.startswith(ENV_PREFIX) and value is not None
+    }
+    # As BaseSettings: its constructor, not the subclass's model fields, takes `_env_file`.
+    cls: type[BaseSettings] = ApiSettings
+    built = cls(_env_file=None, **values)
+    assert isinstance(built, ApiSettings)
+    return built
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_webhook_secret_is_the_apis_and_unset_by_default(name: str, clean_env: None) -> None:
+    found = services(name)
+    # Declared without a value: where compose runs with it unset, the container has none, and
+    # the API starts (refusing webhooks).
+    assert found["api"]["environment"][WEBHOOK_SECRET] is None
+    assert api_settings(found["api"]).webhook_secret is None
+    for other, service in found.items():
+        if other != "api":
+            assert WEBHOOK_SECRET not in service.get("environment", {}), other
+
+
+@pytest.mark.parametrize("source", ["shell", "env-file"])
+@pytest.mark.parametrize("value", ["generated", "empty"])
+def test_the_webhook_secret_passes_through(
+    source: str, value: str, tmp_path: Path, clean_env: None
+) -> None:
+    """From the shell or an env file (docker/.env), through the S3 override's own environment;
+    an empty value means no webhooks, as an unset one does."""
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode() if value == "generated" else ""
+    variant = VARIANTS["s3"]
+    env_file = os.devnull
+    if source == "shell":
+        variant = replace(variant, env=((WEBHOOK_SECRET, secret),))
+    else:
+        env_file = str(tmp_path / ".env")
+        Path(env_file).write_text(f"{WEBHOOK_SECRET}={secret}\n")
+    done = compose(variant, "config", "--format", "json", env_file=env_file)
+    assert done.returncode == 0, done.stderr
+    api = json.loads(done.stdout)["services"]["api"]
+    assert api["environment"][WEBHOOK_SECRET] == secret
+    assert urlsplit(api["environment"][env_var("result_store")]).scheme == "s3"
+    webhook = api_settings(api).webhook_secret
+    if secret:
+        assert webhook is not None and webhook.get_secret_value() == secret
+    else:
+        assert webhook is None
+
+
+def test_the_keys_override_mounts_the_keys_file_into_the_api_alone(clean_env: None) -> None:
+    assert KEYS_FILE not in services("default")["api"]["environment"], "keys are opt-in"
+    api = services("keys")["api"]
+    (secret,) = api["secrets"]
+    # The variable names the file where the secret is mounted (read-only: a secret always is).
+    assert api["environment"][KEYS_FILE] == secret["target"]
+    assert api_settings(api).api_keys_file == Path(secret["target"])
+    source = config("keys")["secrets"][secret["source"]]
+    assert source["file"] == dict(KEYS_ENV)[KEYS_HOST_FILE]
+    # Given with the S3 override too, the API keeps both.
+    everything = services("all")
+    assert everything["api"]["environment"][KEYS_FILE] == secret["target"]
+    assert urlsplit(everything["api"]["environment"][env_var("result_store")]).scheme == "s3"
+    for name, service in everything.items():
+        if name != "api":
+            assert not service.get("secrets"), name
+            assert KEYS_FILE not in service.get("environment", {}), name
+
+
+@pytest.mark.parametrize("value", ["unset", ""])
+def test_the_keys_override_refuses_to_run_without_its_file(value: str) -> None:
+    """Rather than mount what an empty path resolves to, or start an open API."""
+    env = () if value == "unset" else ((KEYS_HOST_FILE, value),)
+    done = compose(replace(VARIANTS["keys"], env=env), "config", "-q")
+    assert done.returncode != 0
+    assert KEYS_HOST_FILE in done.stderr
 
 
 # ---- images ------------------------------------------------------------------------------
@@ -567,10 +674,12 @@ class Local:
     work: Path
     hosts: dict[str, str]
     service_names: frozenset[str]
+    # Each secret's file on this machine, by the secret's name.
+    secrets: dict[str, Path] = field(default_factory=dict)
 
     def paths(self, name: str, service: Service, stage: Stage | None) -> dict[str, Path]:
         """A folder per mount: one per named volume (so services share it), one per anonymous
-        volume the image declares."""
+        volume the image declares; and each secret's file, where the service mounts it."""
         mounts: dict[str, Path] = {}
         for mount in service.get("volumes", []):
             if mount["type"] == "volume":
@@ -581,6 +690,9 @@ class Local:
             mounts.setdefault(target, self.work / "anonymous" / name / target.strip("/"))
         for path in mounts.values():
             path.mkdir(parents=True, exist_ok=True)
+        for secret in service.get("secrets", []):
+            target = secret.get("target", f"/run/secrets/{secret['source']}")
+            mounts[target] = self.secrets[secret["source"]]
         return mounts
 
     def localise(self, value: str, paths: dict[str, Path]) -> str:
@@ -599,7 +711,11 @@ class Local:
         own variables only for what a process needs (PATH, HOME), never its settings."""
         paths = self.paths(name, service, stage)
         image = {k: v for k, v in (stage.env if stage else {}).items() if "$" not in v}
-        declared = image | {k: unescape(v) for k, v in service.get("environment", {}).items()}
+        # A variable without a value passes compose's own through, only where it is set: the
+        # variant had none of them, so the container gets none.
+        declared = image | {
+            k: unescape(v) for k, v in service.get("environment", {}).items() if v is not None
+        }
         host = {k: v for k, v in os.environ.items() if not k.startswith((ENV_PREFIX, "AWS_"))}
         return host | {k: self.localise(v, paths) for k, v in declared.items()}
 
@@ -698,6 +814,30 @@ def test_rehearsal_generates_through_the_compose_wiring(variant: str, tmp_path: 
             listing = s3.client.list_objects_v2(Bucket=store.netloc)
             stored = [o["Key"] for o in listing.get("Contents", []) if job["id"] in o["Key"]]
         assert stored, f"no image of job {job['id']} in {store.geturl()}"
+    finally:
+        stack.stop()
+
+
+@pytest.mark.stack
+def test_rehearsal_the_keys_override_locks_the_api(tmp_path: Path) -> None:
+    """The API as compose.keys.yaml starts it, its keys file where the secret is mounted."""
+    found = services("keys")
+    key = new_key()
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(key_line("rehearsal", key) + "\n")
+    (secret,) = found["api"]["secrets"]
+    local = Local(tmp_path, {}, frozenset(found), {secret["source"]: keys_file})
+    stack = Stack()
+    try:
+        redis_url = start_redis(stack, tmp_path)
+        local.hosts[f"redis:{REDIS_PORT}"] = urlsplit(redis_url).netloc
+        (api_port,) = start(stack, local, "api", found["api"], {}).values()
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as client:
+            assert client.get("/v1/models").status_code == 401
+            wrong = {"Authorization": f"Bearer {new_key()}"}
+            assert client.get("/v1/models", headers=wrong).status_code == 401
+            right = {"Authorization": f"Bearer {key}"}
+            assert client.get("/v1/models", headers=right).status_code == 200
     finally:
         stack.stop()
 
