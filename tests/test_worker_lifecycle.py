@@ -14,7 +14,7 @@ from redis import Redis
 from rq import Queue
 
 from common import keys
-from service.dev import free_port
+from service.dev import Stack, free_port
 from tests.harness import (
     START_TIMEOUT_S,
     TINY_MODEL,
@@ -143,12 +143,21 @@ def test_a_worker_up_before_its_redis_waits_for_it_with_the_model_loaded(
     }
     assert model_loaded(early)  # still waiting, not exited
 
-    assert start_redis(bare.stack, tmp_path, port) == url
-    poll(lambda: httpx.get(f"{early.metrics_url}/readyz", timeout=5).status_code == 200, "ready")
-    with Redis.from_url(url, decode_responses=True) as late:
-        assert late.hexists(keys.MODELS, TINY_MODEL)  # its model published on the new Redis
-    early.process.terminate()
-    assert early.process.wait(timeout=60) == 0
+    # A stack of its own: the shared one holds workers earlier tests stopped, which its
+    # readiness wait would take for a crash.
+    late_stack = Stack()
+    try:
+        assert start_redis(late_stack, tmp_path, port) == url
+        poll(
+            lambda: httpx.get(f"{early.metrics_url}/readyz", timeout=5).status_code == 200,
+            "the worker to be ready once Redis is up",
+        )
+        with Redis.from_url(url, decode_responses=True) as late:
+            assert late.hexists(keys.MODELS, TINY_MODEL)  # its model published on the new Redis
+        early.process.terminate()
+        assert early.process.wait(timeout=60) == 0
+    finally:
+        late_stack.stop()
 
 
 @pytest.fixture
