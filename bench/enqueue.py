@@ -45,10 +45,16 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
-from common import keys, workers
-from common.contract import ModelInfo
+from common import keys
 from common.settings import env_var
-from service.dev import Stack, free_port, start_api, start_redis, wait_until
+from service.dev import (
+    Stack,
+    free_port,
+    publish_idle_model,
+    start_api,
+    start_redis,
+    wait_until,
+)
 
 MODEL = "bench-model"
 BODY = json.dumps({"prompt": "a small red circle in the center on a white background"}).encode()
@@ -58,34 +64,6 @@ SAMPLES = 200  # requests of each kind whose commands are counted
 # Under uvicorn's 5 s keep-alive: a connection idle longer is closed rather than reused, lest
 # the server close it under a request.
 KEEPALIVE_S = 2.0
-
-
-def model_info() -> ModelInfo:
-    return ModelInfo(
-        id=MODEL,
-        source="a pool scaled to zero",
-        pipeline="StableDiffusion3Pipeline",
-        device="cpu",
-        dtype="float32",
-        size_multiple=8,
-        min_size=64,
-        max_size=512,
-        default_width=64,
-        default_height=64,
-        default_steps=8,
-        default_guidance_scale=4.5,
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        scheduler_shift=3.0,
-        text_encoders=["CLIPTextModelWithProjection"] * 2,
-    )
-
-
-def publish_model(redis_url: str) -> None:
-    """Write the model record as a worker's heartbeat does, then drop the worker."""
-    with Redis.from_url(redis_url) as redis:
-        beat_keys, args = workers.beat_call("bench-gone", 1, model_info())
-        redis.register_script(workers.BEAT)(keys=beat_keys, args=args)
-        redis.zrem(beat_keys[0], "bench-gone")
 
 
 @contextmanager
@@ -243,7 +221,7 @@ def start_stack(stack: Stack, work: Path, api_workers: int) -> tuple[str, str]:
     }
     redis_url = start_redis(stack, work, env)
     env[env_var("redis_url")] = redis_url
-    publish_model(redis_url)
+    publish_idle_model(redis_url, MODEL)
     url = start_api(stack, env, "127.0.0.1", free_port())
     if api_workers > 1:
         # uvicorn answers /healthz from the first process up; the warm-up requests that follow

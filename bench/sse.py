@@ -37,13 +37,10 @@ from pathlib import Path
 
 import httpx
 from httpx_sse import aconnect_sse
-from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from common import workers
-from common.contract import ModelInfo
 from common.settings import env_var
-from service.dev import Stack, free_port, start_api, start_redis
+from service.dev import Stack, free_port, publish_idle_model, start_api, start_redis
 from service.settings import ApiSettings
 
 # A model that workers have published and left: its jobs queue, and their streams stay open.
@@ -83,31 +80,6 @@ class Sample:
     latency_s: float
     status: int | None = None
     error: str | None = None
-
-
-def publish_idle_model(redis_url: str, name: str) -> None:
-    """A model record as a worker's heartbeat writes it, its worker gone at once."""
-    info = ModelInfo(
-        id=name,
-        source="a worker that has scaled to zero",
-        pipeline="StableDiffusion3Pipeline",
-        device="cpu",
-        dtype="float32",
-        size_multiple=8,
-        min_size=64,
-        max_size=512,
-        default_width=64,
-        default_height=64,
-        default_steps=8,
-        default_guidance_scale=4.5,
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        scheduler_shift=3.0,
-        text_encoders=["CLIPTextModelWithProjection"] * 2,
-    )
-    with Redis.from_url(redis_url) as redis:
-        keys, args = workers.beat_call(f"{name}-gone", 1, info)
-        redis.register_script(workers.BEAT)(keys=keys, args=args)
-        redis.zrem(keys[0], f"{name}-gone")
 
 
 async def submit(client: httpx.AsyncClient, model: str) -> str:

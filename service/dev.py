@@ -20,6 +20,8 @@ from dotenv import dotenv_values
 from redis import Redis
 from redis.exceptions import RedisError
 
+from common import workers
+from common.contract import ModelInfo
 from common.settings import ENV_FILE, env_var
 
 READY_TIMEOUT_S = 600.0  # a real checkpoint can take minutes to load
@@ -197,3 +199,31 @@ def run_dev(host: str, port: int, workers: int) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_idle_model(redis_url: str, name: str) -> str:
+    """Write the model record `name` as a worker's heartbeat does, for a worker gone at once:
+    the state a pool scaled to zero leaves (the model known, no worker warm), for tests and
+    benchmarks that measure the API with no worker. Returns `name`."""
+    info = ModelInfo(
+        id=name,
+        source="a worker that has scaled to zero",
+        pipeline="StableDiffusion3Pipeline",
+        device="cpu",
+        dtype="float32",
+        size_multiple=8,
+        min_size=64,
+        max_size=512,
+        default_width=64,
+        default_height=64,
+        default_steps=8,
+        default_guidance_scale=4.5,
+        scheduler="FlowMatchEulerDiscreteScheduler",
+        scheduler_shift=3.0,
+        text_encoders=["CLIPTextModelWithProjection"] * 2,
+    )
+    with Redis.from_url(redis_url) as redis:
+        beat_keys, args = workers.beat_call(f"{name}-gone", 1, info)
+        redis.register_script(workers.BEAT)(keys=beat_keys, args=args)
+        redis.zrem(beat_keys[0], f"{name}-gone")
+    return name

@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from redis import Redis
 
-from common import workers
-from common.contract import ModelInfo
 from common.settings import env_var
 from service import dev
 from service.dev import Stack, free_port, wait_until
@@ -83,35 +80,6 @@ class Worker:
 def start_worker(stack: Stack, env: dict[str, str], name: str) -> Worker:
     process, metrics_url = dev.start_worker(stack, env, name)
     return Worker(metrics_url, process)
-
-
-def publish_model_record(redis_url: str, name: str) -> str:
-    """Write a model record as a worker's heartbeat does, for a worker that is gone at once.
-
-    This is the state a pool scaled to zero leaves: the model known, no worker warm.
-    """
-    info = ModelInfo(
-        id=name,
-        source="a worker that has scaled to zero",
-        pipeline="StableDiffusion3Pipeline",
-        device="cpu",
-        dtype="float32",
-        size_multiple=8,
-        min_size=64,
-        max_size=512,
-        default_width=64,
-        default_height=64,
-        default_steps=8,
-        default_guidance_scale=4.5,
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        scheduler_shift=3.0,
-        text_encoders=["CLIPTextModelWithProjection"] * 2,
-    )
-    with Redis.from_url(redis_url) as redis:
-        keys, args = workers.beat_call(f"{name}-gone", 1, info)
-        redis.register_script(workers.BEAT)(keys=keys, args=args)
-        redis.zrem(keys[0], f"{name}-gone")
-    return name
 
 
 def worker_count(api: Api) -> int:

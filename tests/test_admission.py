@@ -19,10 +19,10 @@ from common import keys
 from common.contract import GenerateParams, JobStatus, OutputFormat
 from service import admission, dev
 from service.admission import Admitted, Limits, Verdict
-from service.dev import Stack
+from service.dev import Stack, publish_idle_model
 from service.queue import JobQueue
 from service.store import ApiJobStore
-from tests.harness import deployment, publish_model_record, settings_env
+from tests.harness import deployment, settings_env
 from worker.store import WorkerJobStore
 
 MODEL = "m"
@@ -150,7 +150,7 @@ def test_a_full_queue_writes_nothing(r: Redis, redis_url: str) -> None:
 def test_idempotent_retries_and_the_bound_through_the_api(tmp_path: Path, model_dir: Path) -> None:
     bound = 5
     with deployment(tmp_path, model_dir, settings_env(max_queued_jobs=bound)) as d:
-        publish_model_record(d.redis_url, "idle")  # known, never run: its jobs stay queued
+        publish_idle_model(d.redis_url, "idle")  # known, never run: its jobs stay queued
         client = d.api.client
         key = {"Idempotency-Key": str(uuid.uuid4())}
         first = client.post("/v1/generate", json={"prompt": "x", "seed": 1}, headers=key)

@@ -26,14 +26,13 @@ from common.jobstore import OWNER_FIELD
 from common.settings import env_var
 from service.app import create_app
 from service.auth import KeysFileError, hash_key, parse_rate, read_keys_file
-from service.dev import Stack, free_port, wait_until
+from service.dev import Stack, free_port, publish_idle_model, wait_until
 from service.settings import ApiSettings
 from tests.harness import (
     Api,
     Deployment,
     base_env,
     deployment,
-    publish_model_record,
     settings_env,
     start_api,
 )
@@ -88,7 +87,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator
     keys_file.write_text("\n".join(lines) + "\n")
     env = settings_env(api_keys_file=keys_file, rate_limit="600/minute")
     with deployment(work, model_dir, env) as keyed:
-        publish_model_record(keyed.redis_url, IDLE_MODEL)
+        publish_idle_model(keyed.redis_url, IDLE_MODEL)
         metrics_keyed = start_api(keyed.stack, keyed.env | settings_env(metrics_require_key=True))
         with closing(metrics_keyed.client):
             yield Keyed(keyed, {name: key for name, (key, _) in made.items()}, metrics_keyed)
@@ -449,7 +448,7 @@ def test_a_password_protected_redis_works_and_no_secret_is_logged(
         api = start_logged_api(stack, env, log)
         with closing(api.client):
             alice = {"Authorization": f"Bearer {key}"}
-            publish_model_record(url, IDLE_MODEL)
+            publish_idle_model(url, IDLE_MODEL)
             body = {"model": IDLE_MODEL, "prompt": "waits", "steps": 1}
             created = api.client.post("/v1/generate", json=body, headers=alice)
             assert created.status_code == 202, created.text

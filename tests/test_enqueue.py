@@ -22,11 +22,10 @@ from redis import Redis
 
 from common import keys
 from service import admission, queue, store
-from service.dev import Stack
+from service.dev import Stack, publish_idle_model
 from tests.harness import (
     Api,
     poll,
-    publish_model_record,
     settings_env,
     start_api,
     start_redis,
@@ -102,7 +101,7 @@ def monitoring(control: Redis) -> bool:
 
 def test_a_post_is_one_redis_round_trip(bare: tuple[Api, str]) -> None:
     api, redis_url = bare
-    model = publish_model_record(redis_url, "idle")
+    model = publish_idle_model(redis_url, "idle")
     # The first POST loads the script and reads the model records; later ones need neither.
     assert submit(api, prompt="warm", steps=1).status_code == 202
     posts = 20
@@ -123,7 +122,7 @@ def test_a_post_is_one_redis_round_trip(bare: tuple[Api, str]) -> None:
 
 def test_reading_a_queued_job_scans_no_queue(bare: tuple[Api, str]) -> None:
     api, redis_url = bare
-    publish_model_record(redis_url, "idle")
+    publish_idle_model(redis_url, "idle")
     jobs = [submit(api, prompt=f"job {i}", steps=1).json()["id"] for i in range(5)]
     # The first read loads the scripts.
     assert api.client.get(f"/v1/jobs/{jobs[0]}").json()["queue_position"] == 0
@@ -150,11 +149,11 @@ def test_the_model_cache_sees_every_change(bare: tuple[Api, str]) -> None:
     api, redis_url = bare
     # None known yet: refused, and the refusal is not cached.
     assert submit(api, prompt="too soon", steps=1).status_code == 503
-    first = publish_model_record(redis_url, "first")
+    first = publish_idle_model(redis_url, "first")
     assert submit(api, prompt="to the only model", steps=1).json()["model"] == first
 
     # A second model appears: a request naming none must now name one.
-    second = publish_model_record(redis_url, "second")
+    second = publish_idle_model(redis_url, "second")
     unnamed = submit(api, prompt="which one?", steps=1)
     assert unnamed.status_code == 422, unnamed.text
     assert second in unnamed.json()["error"]["message"]
@@ -184,7 +183,7 @@ def test_the_model_cache_sees_every_change(bare: tuple[Api, str]) -> None:
     assert submit(api, model=first, prompt="x", steps=1).status_code == 422
     assert submit(api, prompt="x", steps=1).status_code == 503
     # ... until a heartbeat publishes the model again.
-    publish_model_record(redis_url, first)
+    publish_idle_model(redis_url, first)
     assert submit(api, prompt="back", steps=1).json()["model"] == first
 
 
@@ -215,7 +214,7 @@ def positions(api: Api, jobs: list[str]) -> list[int | None]:
 
 def test_positions_follow_middle_removals_and_front_pushes(bare: tuple[Api, str]) -> None:
     api, redis_url = bare
-    model = publish_model_record(redis_url, "idle")
+    model = publish_idle_model(redis_url, "idle")
     jobs = [submit(api, prompt=f"job {i}", steps=1).json()["id"] for i in range(6)]
     poll(lambda: positions(api, jobs) == [0, 1, 2, 3, 4, 5], "positions in order of arrival")
 
@@ -249,7 +248,7 @@ def test_positions_follow_middle_removals_and_front_pushes(bare: tuple[Api, str]
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
 def test_several_api_processes_serve_and_count_as_one(tmp_path: Path) -> None:
     with stack_of(tmp_path, api_workers=2) as (api, redis_url):
-        model = publish_model_record(redis_url, "idle")
+        model = publish_idle_model(redis_url, "idle")
         # uvicorn's supervisor's children: the API processes (and maybe multiprocessing's
         # resource tracker); /healthz answered once the first was up.
         supervisor = api_supervisor(api)

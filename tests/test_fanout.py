@@ -16,10 +16,10 @@ from redis.asyncio import Redis as AsyncRedis
 from common import jobstore
 from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
 from service import dev
-from service.dev import Stack
+from service.dev import Stack, publish_idle_model
 from service.fanout import EventHub
 from service.store import EventEntry
-from tests.harness import deployment, poll, publish_model_record, settings_env
+from tests.harness import deployment, poll, settings_env
 from worker.store import WorkerJobStore
 
 PARAMS = GenerateParams(
@@ -175,7 +175,7 @@ def test_stream_limit_refuses_new_streams_only(tmp_path: Path, model_dir: Path) 
     """Past SD3SERVE_MAX_STREAMS, SSE gets 503 + Retry-After and `Prefer: wait` answers at once;
     submitting and reading jobs is unaffected."""
     with deployment(tmp_path, model_dir, settings_env(max_streams=2)) as d:
-        publish_model_record(d.redis_url, "idle")  # known, never run: its jobs stay queued
+        publish_idle_model(d.redis_url, "idle")  # known, never run: its jobs stay queued
         client = d.api.client
         ids = [client.post("/v1/generate", json={"prompt": "x"}).json()["id"] for _ in range(3)]
         with (

@@ -17,7 +17,7 @@ import pytest
 from redis import Redis
 
 from common import keys
-from service.dev import REDIS_DURABILITY, Stack
+from service.dev import REDIS_DURABILITY, Stack, publish_idle_model
 from service.settings import ApiSettings
 from tests.harness import (
     TEST_MAX_PIXELS,
@@ -25,7 +25,6 @@ from tests.harness import (
     Api,
     deployment,
     poll,
-    publish_model_record,
     start_redis,
 )
 from tests.helpers import submit
@@ -214,7 +213,7 @@ def assert_redis_down(response: httpx.Response) -> None:
 
 def test_a_full_redis_refuses_jobs_rather_than_evicting(model_dir: Path, tmp_path: Path) -> None:
     with deployment(tmp_path, model_dir) as bare:
-        idle = publish_model_record(bare.redis_url, "idle")
+        idle = publish_idle_model(bare.redis_url, "idle")
         with Redis.from_url(bare.redis_url) as redis:
             redis.config_set("maxmemory", 1)  # full from now on
             try:
@@ -230,7 +229,7 @@ def test_a_full_redis_refuses_jobs_rather_than_evicting(model_dir: Path, tmp_pat
 def test_the_api_rides_out_a_redis_outage(model_dir: Path, tmp_path: Path) -> None:
     with deployment(tmp_path, model_dir) as bare:
         api = bare.api
-        idle = publish_model_record(bare.redis_url, "idle")
+        idle = publish_idle_model(bare.redis_url, "idle")
         accepted = submit(api, model=idle, prompt="before the outage", steps=1)
         assert accepted.status_code == 202, accepted.text
         job_url = f"/v1/jobs/{accepted.json()['id']}"

@@ -21,8 +21,9 @@ from redis import Redis
 from common import keys
 from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
 from common.jobstore import JobRecord
+from service.dev import publish_idle_model
 from service.openai_compat import JOB_ID_HEADER, quality_steps, unfinished_error
-from tests.harness import TINY_MODEL, Api, Deployment, deployment, poll, publish_model_record
+from tests.harness import TINY_MODEL, Api, Deployment, deployment, poll
 
 PROMPT = "a small red circle in the center on a white background"
 # The tiny model's default steps (tests/harness.py's model record says the same).
@@ -260,7 +261,7 @@ def test_unfinished_jobs_answer_with_their_id(idle: Deployment) -> None:
     assert not_ready.value.response.headers["retry-after"]
 
     # A model whose workers have scaled to zero: the job is queued and stays so.
-    model = publish_model_record(idle.redis_url, "ghost")
+    model = publish_idle_model(idle.redis_url, "ghost")
     with pytest.raises(openai.InternalServerError) as late:
         client.images.generate(prompt=PROMPT, model=model, extra_headers={"Prefer": "wait=1"})
     exc = late.value

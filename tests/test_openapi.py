@@ -19,10 +19,11 @@ import pytest
 from openapi_spec_validator import validate
 
 from service.app import create_app
+from service.dev import publish_idle_model
 from service.openapi import render
 from service.routes.deps import LinksAt
 from service.settings import ApiSettings
-from tests.harness import Api, deployment, publish_model_record, settings_env
+from tests.harness import Api, deployment, settings_env
 from tests.helpers import submit
 
 ROOT = Path(__file__).parent.parent
@@ -291,7 +292,7 @@ def test_live_503_and_429_carry_retry_after(
         assert not_ready.status_code == 503
         conforms(spec, "post", "/v1/generate", not_ready)
         # A model known from a worker that has since gone: its jobs queue and stay.
-        idle = publish_model_record(bare.redis_url, "idle")
+        idle = publish_idle_model(bare.redis_url, "idle")
         assert submit(bare.api, model=idle, prompt="waits", steps=1).status_code == 202
         full = submit(bare.api, model=idle, prompt="one too many", steps=1)
         assert full.status_code == 429

@@ -16,12 +16,11 @@ import pytest
 from PIL import Image
 
 from common.settings import ENV_PREFIX, env_var, mask_url
-from service.dev import Stack, free_port
+from service.dev import Stack, free_port, publish_idle_model
 from tests.harness import (
     TINY_MODEL,
     Deployment,
     poll,
-    publish_model_record,
     settings_env,
     start_api,
     start_redis,
@@ -165,7 +164,7 @@ def test_full_queue_answers_429(tmp_path: Path) -> None:
     try:
         redis_url = start_redis(stack, tmp_path)
         # Models known from workers that have since scaled to zero: their jobs queue and stay.
-        idle, other = (publish_model_record(redis_url, name) for name in ("idle", "other"))
+        idle, other = (publish_idle_model(redis_url, name) for name in ("idle", "other"))
         env = dict(os.environ) | settings_env(
             redis_url=redis_url, max_queued_jobs=2, result_store=f"file://{tmp_path}"
         )

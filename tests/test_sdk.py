@@ -40,12 +40,11 @@ from sd3serve_client import (
 from sd3serve_client._retry import parse_retry_after
 from sd3serve_client.errors import from_response
 
-from service.dev import free_port
+from service.dev import free_port, publish_idle_model
 from tests.harness import (
     TINY_MODEL,
     Deployment,
     deployment,
-    publish_model_record,
     settings_env,
 )
 
@@ -222,7 +221,7 @@ def parked(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
 
 @pytest.mark.stack
 def test_cancel_a_queued_job(parked: Deployment) -> None:
-    model = publish_model_record(parked.redis_url, "parked-cancel")
+    model = publish_idle_model(parked.redis_url, "parked-cancel")
     with Client(parked.api.url) as client:
         job = client.generate("never runs", model=model, wait=False)
         assert job.status == JobStatus.QUEUED
@@ -241,7 +240,7 @@ def test_cancel_a_queued_job(parked: Deployment) -> None:
 
 @pytest.mark.stack
 def test_a_full_queue_is_retried_after_retry_after(parked: Deployment) -> None:
-    model = publish_model_record(parked.redis_url, "parked-full")
+    model = publish_idle_model(parked.redis_url, "parked-full")
     posts: list[tuple[float, str | None]] = []
     refusals: list[tuple[float, float]] = []
 

@@ -40,7 +40,7 @@ from common.contract import (
 from common.jobstore import CANCEL, CREATE, FINISH, START, Transitions
 from common.settings import env_var
 from common.webhooks import Claim, Delivery, WebhookConfig
-from service.dev import Stack, wait_until
+from service.dev import Stack, publish_idle_model, wait_until
 from service.webhooks import (
     Unresolvable,
     UnsafeUrl,
@@ -56,7 +56,6 @@ from tests.harness import (
     base_env,
     deployment,
     poll,
-    publish_model_record,
     settings_env,
     start_api,
     start_redis,
@@ -330,7 +329,7 @@ def test_a_delivery_survives_the_death_of_its_sender(tmp_path: Path, receiver: R
     url, route = receiver.route(hold_first=True)
     try:
         redis_url = start_redis(redis_stack, tmp_path)
-        model = publish_model_record(redis_url, "hooked")
+        model = publish_idle_model(redis_url, "hooked")
         env = base_env(redis_url, tmp_path / "results", tmp_path) | WEBHOOK_ENV
         api = start_api(first, env)
         with closing(api.client):
