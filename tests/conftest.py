@@ -1,4 +1,5 @@
-"""Session fixtures: the tiny model, and one live stack shared by the end-to-end tests."""
+"""Session fixtures: the tiny model, and one live stack shared by the end-to-end tests; and a
+private redis-server per module for the tests of Redis state transitions."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
-from service.dev import wait_until
+from service import dev
+from service.dev import Stack, wait_until
 from tests.harness import (
     START_TIMEOUT_S,
     TINY_MODEL,
@@ -100,3 +103,19 @@ def live(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[
 @pytest.fixture
 def api(live: Deployment) -> Api:
     return live.api
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the module's own, configured as production's (service.dev)."""
+    stack = Stack()
+    try:
+        yield dev.start_redis(stack, tmp_path_factory.mktemp("redis"), dict(os.environ))
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def r(redis_url: str) -> Iterator[Redis]:
+    with Redis.from_url(redis_url, decode_responses=True) as client:
+        yield client

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +16,9 @@ from rq.job import Job
 
 from common import keys
 from common.contract import GenerateParams, JobStatus, OutputFormat
-from service import admission, dev
+from service import admission
 from service.admission import Admitted, Limits, Verdict
-from service.dev import Stack, publish_idle_model
+from service.dev import publish_idle_model
 from service.queue import JobQueue
 from service.store import ApiJobStore
 from tests.harness import deployment, settings_env
@@ -39,15 +38,6 @@ PARAMS = GenerateParams(
     output_format=OutputFormat.png,
 )
 ROOMY = Limits(max_queued=1000, owner_cap=1000)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stack = Stack()
-    try:
-        yield dev.start_redis(stack, tmp_path_factory.mktemp("redis"), dict(os.environ))
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

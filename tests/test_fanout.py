@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from common import jobstore
 from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
-from service import dev
-from service.dev import Stack, publish_idle_model
+from service.dev import publish_idle_model
 from service.fanout import EventHub
 from service.store import EventEntry
 from tests.harness import deployment, poll, settings_env
@@ -38,15 +36,6 @@ PARAMS = GenerateParams(
 # read would fail these tests rather than pass slowly.
 LONG_BLOCK_MS = 120_000
 WAIT_S = 30
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stack = Stack()
-    try:
-        yield dev.start_redis(stack, tmp_path_factory.mktemp("redis"), dict(os.environ))
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ Redis picks, the record and its event stream must tell one consistent story.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import threading
 import uuid
@@ -24,8 +23,6 @@ from redis.asyncio import Redis as AsyncRedis
 from common import jobstore, keys
 from common.contract import GenerateParams, JobStatus, OutputFormat, Progress, Timings
 from common.jobstore import EVENTS_MAXLEN, JobRecord, Outcome, Transitions, decode_record
-from service import dev
-from service.dev import Stack
 from service.store import ApiJobStore, EventEntry
 from worker.store import WorkerJobStore
 
@@ -55,21 +52,6 @@ API_ERROR = "the worker running this job stopped before it finished, and no retr
 FINAL = [s for s in JobStatus if s.terminal]
 
 Event = tuple[str, dict[str, object]]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stack = Stack()
-    try:
-        yield dev.start_redis(stack, tmp_path_factory.mktemp("redis"), dict(os.environ))
-    finally:
-        stack.stop()
-
-
-@pytest.fixture(scope="module")
-def r(redis_url: str) -> Iterator[Redis]:
-    with Redis.from_url(redis_url, decode_responses=True) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -46,21 +46,6 @@ TRANSITIONS = Transitions(TTL_S)
 Event = tuple[str, dict[str, object]]
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stack = Stack()
-    try:
-        yield dev.start_redis(stack, tmp_path_factory.mktemp("redis"), dict(os.environ))
-    finally:
-        stack.stop()
-
-
-@pytest.fixture(scope="module")
-def r(redis_url: str) -> Iterator[Redis]:
-    with Redis.from_url(redis_url, decode_responses=True) as client:
-        yield client
-
-
 def worker_store(url: str) -> WorkerJobStore:
     """A worker process's store, with the client a worker makes (one that fails fast)."""
     return WorkerJobStore(connect(url, decode=True), TTL_S, worker=new_worker_id("test"))

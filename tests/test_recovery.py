@@ -14,7 +14,6 @@ operations do) for longer than the abandonment window.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -42,8 +41,6 @@ from common.jobstore import (
     Transitions,
 )
 from common.results import open_result_store
-from service import dev
-from service.dev import Stack
 from service.queue import JobQueue
 from worker import metrics
 from worker.main import Heartbeat
@@ -72,21 +69,6 @@ MODEL = PARAMS.model
 CANCELED_QUEUED = "canceled by the client before it started"
 
 Event = tuple[str, dict[str, object]]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stack = Stack()
-    try:
-        yield dev.start_redis(stack, tmp_path_factory.mktemp("redis"), dict(os.environ))
-    finally:
-        stack.stop()
-
-
-@pytest.fixture(scope="module")
-def r(redis_url: str) -> Iterator[Redis]:
-    with Redis.from_url(redis_url, decode_responses=True) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
