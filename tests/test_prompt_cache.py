@@ -24,18 +24,20 @@ def warm(model_dir: Path) -> WarmPipeline:
     )
 
 
-def cached(
-    cache: PromptCache, warm: WarmPipeline, prompt: str, negative: str = "", *, do_cfg: bool = True
-) -> PromptEmbeddings:
-    return cache.encode(
+def cache_of(warm: WarmPipeline, maxsize: int) -> PromptCache:
+    return PromptCache(
         warm.pipe,
-        prompt,
-        negative,
-        do_cfg=do_cfg,
         device=warm.device,
         max_sequence_length=warm.max_sequence_length,
         model=warm.info.id,
+        maxsize=maxsize,
     )
+
+
+def cached(
+    cache: PromptCache, warm: WarmPipeline, prompt: str, negative: str = "", *, do_cfg: bool = True
+) -> PromptEmbeddings:
+    return cache.encode(prompt, negative, do_cfg=do_cfg)
 
 
 def fresh(
@@ -70,7 +72,7 @@ def lookups(warm: WarmPipeline, result: str) -> float:
 
 
 def test_a_hit_is_what_a_fresh_encode_gives(warm: WarmPipeline) -> None:
-    cache = PromptCache(8)
+    cache = cache_of(warm, 8)
     first = cached(cache, warm, PROMPT, NEGATIVE)
     # A generation from the cached tensors must leave them as they were.
     with torch.inference_mode():
@@ -95,7 +97,7 @@ def test_a_hit_is_what_a_fresh_encode_gives(warm: WarmPipeline) -> None:
 
 
 def test_negative_prompt_and_guidance_are_part_of_the_key(warm: WarmPipeline) -> None:
-    cache = PromptCache(8)
+    cache = cache_of(warm, 8)
     plain = cached(cache, warm, PROMPT, "")
     negative = cached(cache, warm, PROMPT, NEGATIVE)
     assert plain.embeds is negative.embeds
@@ -113,7 +115,7 @@ def test_negative_prompt_and_guidance_are_part_of_the_key(warm: WarmPipeline) ->
 
 
 def test_the_least_recently_used_text_goes_first(warm: WarmPipeline) -> None:
-    cache = PromptCache(2)
+    cache = cache_of(warm, 2)
     a = cached(cache, warm, "a", do_cfg=False)
     cached(cache, warm, "b", do_cfg=False)
     assert cached(cache, warm, "a", do_cfg=False).embeds is a.embeds  # now the most recent
@@ -128,7 +130,7 @@ def test_the_least_recently_used_text_goes_first(warm: WarmPipeline) -> None:
 
 
 def test_size_zero_keeps_nothing(warm: WarmPipeline) -> None:
-    cache = PromptCache(0)
+    cache = cache_of(warm, 0)
     misses = lookups(warm, "miss")
     first = cached(cache, warm, PROMPT, NEGATIVE)
     again = cached(cache, warm, PROMPT, NEGATIVE)
@@ -139,7 +141,7 @@ def test_size_zero_keeps_nothing(warm: WarmPipeline) -> None:
 
 
 def test_jobs_rows_concatenate_in_order(warm: WarmPipeline) -> None:
-    cache = PromptCache(8)
+    cache = cache_of(warm, 8)
     x = cached(cache, warm, "x", NEGATIVE)
     y = cached(cache, warm, "y")
     both = concat([x.repeat(2), y])

@@ -205,7 +205,13 @@ class WarmPipeline:
         self.vae_tile_above = settings.vae_tile_above
         set_vae_tile(pipe.vae, settings.vae_tile_above)
         self.info = self._describe(settings, defaults)
-        self.prompts = PromptCache(settings.prompt_cache_size)
+        self.prompts = PromptCache(
+            pipe,
+            device=self.device,
+            max_sequence_length=self.max_sequence_length,
+            model=self.info.id,
+            maxsize=settings.prompt_cache_size,
+        )
         self.warm_sizes = accel.warm_sizes(settings, self.info)
 
     def _describe(self, settings: WorkerSettings, defaults: ServingDefaults) -> ModelInfo:
@@ -332,15 +338,9 @@ class WarmPipeline:
 
     def _encode_prompt(self, params: GenerateParams, cfg: bool) -> PromptEmbeddings:
         """The job's prompt embeddings, one row per image; the negatives None without guidance."""
-        return self.prompts.encode(
-            self.pipe,
-            params.prompt,
-            params.negative_prompt,
-            do_cfg=cfg,
-            device=self.device,
-            max_sequence_length=self.max_sequence_length,
-            model=self.info.id,
-        ).repeat(params.num_images)
+        return self.prompts.encode(params.prompt, params.negative_prompt, do_cfg=cfg).repeat(
+            params.num_images
+        )
 
     def warm_up(self) -> None:
         """A 2-step generation at each warm size, so that no job pays for lazy initialisation,

@@ -61,59 +61,61 @@ class _Text(NamedTuple):
 
 
 class PromptCache:
-    """The embeddings of up to `maxsize` texts; 0 keeps none (every lookup encodes)."""
+    """The embeddings of up to `maxsize` texts by one pipeline (`pipe.encode_prompt` with the
+    model's context length), for the model named `model`; 0 keeps none (every lookup encodes).
+    """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        device: torch.device,
+        max_sequence_length: int,
+        model: str,
+        maxsize: int,
+    ) -> None:
         if maxsize < 0:
             raise ValueError(f"maxsize must be 0 or more, got {maxsize}")
+        self.pipe = pipe
+        self.device = device
+        self.max_sequence_length = max_sequence_length
         self.maxsize = maxsize
-        self._entries: OrderedDict[tuple[str, str, int], _Text] = OrderedDict()
+        self._hit = metrics.PROMPT_CACHE.labels(model, "hit")
+        self._miss = metrics.PROMPT_CACHE.labels(model, "miss")
+        self._entries: OrderedDict[str, _Text] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def encode(
-        self,
-        pipe: Any,
-        prompt: str,
-        negative_prompt: str,
-        *,
-        do_cfg: bool,
-        device: torch.device,
-        max_sequence_length: int,
-        model: str,
-    ) -> PromptEmbeddings:
+    def encode(self, prompt: str, negative_prompt: str, *, do_cfg: bool) -> PromptEmbeddings:
         """One row of embeddings for the prompt, and for the negative prompt when `do_cfg`, as
         `pipe.encode_prompt(..., num_images_per_prompt=1)` returns them. The tensors are the
         cache's own: use them, never change them in place."""
-        positive = self._text(pipe, prompt, device, max_sequence_length, model)
+        positive = self._text(prompt)
         if not do_cfg:
             return PromptEmbeddings(positive.embeds, None, positive.pooled, None)
-        negative = self._text(pipe, negative_prompt, device, max_sequence_length, model)
+        negative = self._text(negative_prompt)
         return PromptEmbeddings(positive.embeds, negative.embeds, positive.pooled, negative.pooled)
 
-    def _text(
-        self, pipe: Any, text: str, device: torch.device, max_sequence_length: int, model: str
-    ) -> _Text:
-        key = (model, text, max_sequence_length)
-        if (entry := self._entries.get(key)) is not None:
-            self._entries.move_to_end(key)
-            metrics.PROMPT_CACHE.labels(model, "hit").inc()
+    def _text(self, text: str) -> _Text:
+        if (entry := self._entries.get(text)) is not None:
+            self._entries.move_to_end(text)
+            self._hit.inc()
             return entry
-        metrics.PROMPT_CACHE.labels(model, "miss").inc()
+        self._miss.inc()
         with torch.inference_mode():
-            embeds, _, pooled, _ = pipe.encode_prompt(
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
                 prompt=text,
                 prompt_2=None,
                 prompt_3=None,
                 do_classifier_free_guidance=False,
                 num_images_per_prompt=1,
-                device=device,
-                max_sequence_length=max_sequence_length,
+                device=self.device,
+                max_sequence_length=self.max_sequence_length,
             )
         entry = _Text(embeds, pooled)
         if self.maxsize:
-            self._entries[key] = entry
+            self._entries[text] = entry
             if len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
         return entry
