@@ -31,8 +31,6 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from redis import Redis
-
 from common import jobstore
 from common.jobstore import Steer
 from worker.recovery import REDIS_DOWN, Outage
@@ -58,8 +56,6 @@ class ProgressReporter:
         self.store = store
         self.outage = outage
         self.interval_s = interval_s
-        self._progress = store.redis.register_script(jobstore.PROGRESS)
-        self._steer = store.redis.register_script(jobstore.STEER)
         self._jobs: dict[str, _Job] = {}
         # Guards _jobs; held for a few dictionary operations only, never over a round trip, so
         # that step() and steer() cannot wait on Redis.
@@ -150,21 +146,13 @@ class ProgressReporter:
                         answered.steer = steer
 
     def _send(self, batch: list[tuple[str, Step | None]]) -> list[Steer]:
-        if len(batch) == 1:  # one EVALSHA; a pipeline would first ask whether its scripts exist
-            return [jobstore.decode_steer(self._ask(*batch[0], self.store.redis))]
-        with self.store.redis.pipeline(transaction=False) as pipe:
-            for job_id, pending in batch:
-                self._ask(job_id, pending, pipe)
-            return [jobstore.decode_steer(reply) for reply in pipe.execute()]
-
-    def _ask(self, job_id: str, pending: Step | None, client: Redis) -> object:
-        """PROGRESS with the pending step, or STEER when there is none."""
         store = self.store
-        if pending is None:
-            call = store.transitions.steer(job_id, store.worker)
-            return self._steer(keys=call.keys, args=call.args, client=client)
-        call = store.transitions.progress(job_id, *pending, store.worker)
-        return self._progress(keys=call.keys, args=call.args, client=client)
+        if len(batch) == 1:  # one EVALSHA; a pipeline would first ask whether its scripts exist
+            return [jobstore.decode_steer(store.ask(*batch[0]))]
+        with store.redis.pipeline(transaction=False) as pipe:
+            for job_id, pending in batch:
+                store.ask(job_id, pending, pipe)
+            return [jobstore.decode_steer(reply) for reply in pipe.execute()]
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval_s):

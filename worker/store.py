@@ -44,6 +44,7 @@ class WorkerJobStore:
         self._take = redis.register_script(jobstore.TAKE)
         self._rq_finish = redis.register_script(jobstore.RQ_FINISH)
         self._progress = redis.register_script(jobstore.PROGRESS)
+        self._steer = redis.register_script(jobstore.STEER)
         self._finish = redis.register_script(jobstore.FINISH)
 
     @property
@@ -89,10 +90,19 @@ class WorkerJobStore:
         fields: dict[str, str] = self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
         return jobstore.decode_record(job_id, fields) if fields else None
 
+    def ask(self, job_id: str, step: tuple[int, int] | None, client: Redis | None = None) -> object:
+        """PROGRESS with `step` (steps done, total), or, with None, STEER (PROGRESS's answer
+        without its write); sent on `client` when given (a pipeline: its reply comes with
+        the others), else at once. `jobstore.decode_steer` reads the reply."""
+        if step is None:
+            call = self.transitions.steer(job_id, self.worker)
+            return self._steer(keys=call.keys, args=call.args, client=client)
+        call = self.transitions.progress(job_id, *step, self.worker)
+        return self._progress(keys=call.keys, args=call.args, client=client)
+
     def report(self, job_id: str, step: int, total: int) -> Steer:
         """Publish progress; returns whether to go on, cancel, or leave the job alone."""
-        call = self.transitions.progress(job_id, step, total, self.worker)
-        return jobstore.decode_steer(self._progress(keys=call.keys, args=call.args))
+        return jobstore.decode_steer(self.ask(job_id, (step, total)))
 
     def progress(self, job_id: str, step: int, total: int) -> bool:
         """Publish progress; returns True when the worker is to stop (cancel, or leave)."""
