@@ -312,6 +312,39 @@ class ModelInfo(BaseModel):
     scheduler_shift: float
     text_encoders: list[str] = Field(description="Loaded text encoders (T5 may be dropped).")
 
+    def size_refusal(self, width: int, height: int, num_images: int = 1) -> tuple[str, str] | None:
+        """Why this model does not make `num_images` images of width × height, and the field
+        to blame (width, height or num_images); None when it does. The one statement of the
+        size rules, for the API's requests and the workers' warm sizes alike."""
+        for name, side in (("width", width), ("height", height)):
+            if side % self.size_multiple:
+                lower = side - side % self.size_multiple
+                return name, (
+                    f"{name} must be a multiple of {self.size_multiple} (the model's VAE scale "
+                    f"factor times its patch size); got {side}, try "
+                    f"{max(lower, self.min_size)} or {lower + self.size_multiple}"
+                )
+            if not self.min_size <= side <= self.max_size:
+                return name, (
+                    f"{name} must be between {self.min_size} and {self.max_size} for model "
+                    f"{self.id!r}; got {side}"
+                )
+        image = width * height
+        if image * num_images <= self.max_pixels:
+            return None
+        budget = (
+            f"model {self.id!r} makes at most {self.max_pixels:,} pixels per job (width × height "
+            "× num_images: its max_pixels in GET /v1/models)"
+        )
+        if image <= self.max_pixels:
+            return "num_images", (
+                f"{num_images} images of {width}×{height} are {image * num_images:,} pixels, and "
+                f"{budget}: ask for at most {self.max_pixels // image} at this size"
+            )
+        return "width", (
+            f"one {width}×{height} image is {image:,} pixels, and {budget}: ask for a smaller size"
+        )
+
 
 # The RQ function the API enqueues, by path, so the API never imports the worker package.
 GENERATE_TASK = "worker.tasks.generate"

@@ -9,49 +9,12 @@ from common.contract import MAX_SEED, GenerateParams, GenerateRequest, ModelInfo
 from service.errors import InvalidParameter
 
 
-def _check_side(name: str, value: int, info: ModelInfo) -> None:
-    if value % info.size_multiple:
-        lower = value - value % info.size_multiple
-        raise InvalidParameter(
-            f"{name} must be a multiple of {info.size_multiple} (the model's VAE scale factor "
-            f"times its patch size); got {value}, try {max(lower, info.min_size)} or "
-            f"{lower + info.size_multiple}",
-            field=name,
-        )
-    if not info.min_size <= value <= info.max_size:
-        raise InvalidParameter(
-            f"{name} must be between {info.min_size} and {info.max_size} for model "
-            f"{info.id!r}; got {value}",
-            field=name,
-        )
-
-
-def _check_pixels(width: int, height: int, num_images: int, info: ModelInfo) -> None:
-    image = width * height
-    if image * num_images <= info.max_pixels:
-        return
-    budget = (
-        f"model {info.id!r} makes at most {info.max_pixels:,} pixels per job (width × height × "
-        "num_images: its max_pixels in GET /v1/models)"
-    )
-    if image <= info.max_pixels:
-        raise InvalidParameter(
-            f"{num_images} images of {width}×{height} are {image * num_images:,} pixels, and "
-            f"{budget}: ask for at most {info.max_pixels // image} at this size",
-            field="num_images",
-        )
-    raise InvalidParameter(
-        f"one {width}×{height} image is {image:,} pixels, and {budget}: ask for a smaller size",
-        field="width",
-    )
-
-
 def resolve(request: GenerateRequest, info: ModelInfo) -> GenerateParams:
     width = request.width if request.width is not None else info.default_width
     height = request.height if request.height is not None else info.default_height
-    _check_side("width", width, info)
-    _check_side("height", height, info)
-    _check_pixels(width, height, request.num_images, info)
+    if (refusal := info.size_refusal(width, height, request.num_images)) is not None:
+        field, message = refusal
+        raise InvalidParameter(message, field=field)
     return GenerateParams(
         model=info.id,
         prompt=request.prompt,

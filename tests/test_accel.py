@@ -113,7 +113,11 @@ def test_cuda_only_options_are_refused_at_load_on_a_cpu(
 
 @pytest.mark.parametrize(
     ("sizes", "why"),
-    [("68x64", "a multiple of 8"), ("1024x1024", "64 to 512"), ("512x512", "pixels a job")],
+    [
+        ("68x64", "a multiple of 8"),
+        ("1024x1024", "between 64 and 512"),
+        ("512x512", "pixels per job"),
+    ],
 )
 def test_warm_sizes_the_model_does_not_serve_are_refused_at_load(
     model_dir: Path, sizes: str, why: str

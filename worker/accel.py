@@ -250,16 +250,9 @@ def warm_sizes(settings: WorkerSettings, info: ModelInfo) -> list[tuple[int, int
         return [(info.min_size, info.min_size)]
     sizes = parse_sizes(settings.warm_sizes)
     for width, height in sizes:
-        for side in (width, height):
-            if side % info.size_multiple or not info.min_size <= side <= info.max_size:
-                raise SettingsError(
-                    f"{env_var('warm_sizes')}: {width}x{height} is not a size {info.id} serves "
-                    f"(sides a multiple of {info.size_multiple}, {info.min_size} to "
-                    f"{info.max_size})"
-                )
-        if width * height > info.max_pixels:
+        if (refusal := info.size_refusal(width, height)) is not None:
             raise SettingsError(
-                f"{env_var('warm_sizes')}: {width}x{height} is more than {info.id}'s "
-                f"{info.max_pixels} pixels a job ({env_var('max_pixels')})"
+                f"{env_var('warm_sizes')}: {width}x{height} is not a size {info.id} serves: "
+                f"{refusal[1]}"
             )
     return sizes
