@@ -266,6 +266,7 @@ class JobRunner:
 
     def _step_callback(self, batch: list[Member], model: str, resolution: str) -> BatchStepCallback:
         last = time.perf_counter()
+        step_seconds = metrics.STEP.labels(model, resolution)  # looked up once, not per step
 
         def on_step(step: int, total: int) -> list[int]:
             nonlocal last
@@ -273,7 +274,7 @@ class JobRunner:
             if step == 0:  # denoising starts: the prompt encoding before it is no step's time
                 last = now
                 return []
-            metrics.STEP.labels(model, resolution).observe(now - last)
+            step_seconds.observe(now - last)
             last = now
             if self.stopping() and self.outage.down:
                 raise Abandoned()
