@@ -201,11 +201,10 @@ def run_dev(host: str, port: int, workers: int) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def publish_idle_model(redis_url: str, name: str) -> str:
-    """Write the model record `name` as a worker's heartbeat does, for a worker gone at once:
-    the state a pool scaled to zero leaves (the model known, no worker warm), for tests and
-    benchmarks that measure the API with no worker. Returns `name`."""
-    info = ModelInfo(
+def model_record(name: str) -> ModelInfo:
+    """The record a worker of the tiny model would publish as `name`: for tests and benchmarks
+    that stand in for a worker."""
+    return ModelInfo(
         id=name,
         source="a worker that has scaled to zero",
         pipeline="StableDiffusion3Pipeline",
@@ -222,8 +221,14 @@ def publish_idle_model(redis_url: str, name: str) -> str:
         scheduler_shift=3.0,
         text_encoders=["CLIPTextModelWithProjection"] * 2,
     )
+
+
+def publish_idle_model(redis_url: str, name: str) -> str:
+    """Write the model record `name` as a worker's heartbeat does, for a worker gone at once:
+    the state a pool scaled to zero leaves (the model known, no worker warm), for tests and
+    benchmarks that measure the API with no worker. Returns `name`."""
     with Redis.from_url(redis_url) as redis:
-        beat_keys, args = workers.beat_call(f"{name}-gone", 1, info)
+        beat_keys, args = workers.beat_call(f"{name}-gone", 1, model_record(name))
         redis.register_script(workers.BEAT)(keys=beat_keys, args=args)
         redis.zrem(beat_keys[0], f"{name}-gone")
     return name

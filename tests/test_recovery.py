@@ -30,7 +30,7 @@ from rq.job import Job
 from rq.job import JobStatus as RqStatus
 
 from common import jobstore, keys, workers
-from common.contract import GenerateParams, JobStatus, ModelInfo, OutputFormat, Timings
+from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
 from common.jobstore import (
     CANCELED_RUNNING,
     EVENTS_MAXLEN,
@@ -41,6 +41,7 @@ from common.jobstore import (
     Transitions,
 )
 from common.results import open_result_store
+from service.dev import model_record
 from service.queue import JobQueue
 from worker import metrics
 from worker.main import Heartbeat
@@ -681,31 +682,11 @@ def liveness(r: Redis, tmp_path: Path) -> tuple[WorkerSettings, JobRunner]:
     return settings, runner
 
 
-def model_info() -> ModelInfo:
-    return ModelInfo(
-        id=MODEL,
-        source="a stand-in",
-        pipeline="StableDiffusion3Pipeline",
-        device="cpu",
-        dtype="float32",
-        size_multiple=8,
-        min_size=64,
-        max_size=512,
-        default_width=64,
-        default_height=64,
-        default_steps=2,
-        default_guidance_scale=2.0,
-        scheduler="FlowMatchEulerDiscreteScheduler",
-        scheduler_shift=3.0,
-        text_encoders=["CLIPTextModelWithProjection"] * 2,
-    )
-
-
 def heartbeat(r: Redis, settings: WorkerSettings, runner: JobRunner) -> Heartbeat:
     return Heartbeat(
         settings,
         r,
-        model_info(),
+        model_record(MODEL),
         runner.store.worker,
         lambda: runner.held,
         lambda redis: None,
