@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Header, Request
 from starlette.applications import Starlette
 
 from common.jobstore import JobRecord
@@ -14,17 +14,22 @@ from service.auth import request_owner
 from service.schemas import JobLinks, JobResponse
 from service.service import GenerationService, JobView
 
-# Dependencies are `async def`, every one: FastAPI runs a plain `def` one in its thread pool, a
-# hop per dependency per request that cost the enqueue path more than all its Redis work.
+# Routes reach the service and the request's owner with plain calls on the request, as vLLM's
+# routes do, not as FastAPI dependencies: solving a route's dependencies on every request cost
+# POST /v1/generate about a tenth of its CPU. Any dependency left must be `async def`: FastAPI
+# runs a plain `def` one in its thread pool, a hop per request.
 
 
-async def get_service(request: Request) -> GenerationService:
+def service_of(request: Request) -> GenerationService:
+    """The service of the app answering `request`."""
     service: GenerationService = request.app.state.service
     return service
 
 
-Service = Annotated[GenerationService, Depends(get_service)]
-"""The one declaration of the service dependency, for every route."""
+def owner_of(request: Request) -> str | None:
+    """The API key the request came with, owner of the jobs it makes and sees (service.auth)."""
+    return request_owner(request)
+
 
 IdempotencyKey = Annotated[
     str | None,
@@ -39,14 +44,6 @@ IdempotencyKey = Annotated[
     ),
 ]
 """The `Idempotency-Key` header of the routes that create a job."""
-
-
-async def get_owner(request: Request) -> str | None:
-    return request_owner(request)
-
-
-Owner = Annotated[str | None, Depends(get_owner)]
-"""The API key the request came with, owner of the jobs it makes and sees (service.auth)."""
 
 
 # A job id every route takes, put in a route's path once, then replaced by each job's own.
@@ -81,13 +78,13 @@ class LinksAt:
         return self.base_url.rstrip("/") + path.replace(_JOB_ID_SLOT, job_id)
 
 
-async def existing_job(job_id: str, service: Service, owner: Owner) -> JobView:
-    return await service.get(job_id, owner=owner)
+async def existing_job(job_id: str, request: Request) -> JobView:
+    return await service_of(request).get(job_id, owner=owner_of(request))
 
 
-async def stream_slot(service: Service) -> None:
+async def stream_slot(request: Request) -> None:
     """Refuse a new event stream while this process holds its most, before any 200 starts."""
-    service.hub.check_room()
+    service_of(request).hub.check_room()
 
 
 def image_links(record: JobRecord, links: LinksAt, service: GenerationService) -> list[str]:

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import metrics
 from service.errors import REDIS_RETRY_AFTER_S
 from service.openapi import REDIS_DOWN
-from service.routes.deps import Service
+from service.routes.deps import service_of
 from service.schemas import HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
@@ -31,10 +31,10 @@ async def healthz() -> HealthResponse:
     responses={503: {"model": ReadyResponse, "description": "Redis is unreachable."}},
     summary="Redis answers, so jobs can be accepted (with or without a warm worker)",
 )
-async def readyz(service: Service) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 when Redis answers, else 503 (with `Retry-After`). A model whose workers
     are all down still takes jobs, so warm workers are counted (`workers`) but not required."""
-    ready = await service.readiness()
+    ready = await service_of(request).readiness()
     if ready.ready:
         return JSONResponse(ready.model_dump())
     headers = {"Retry-After": str(REDIS_RETRY_AFTER_S)}
@@ -55,9 +55,10 @@ async def readyz(service: Service) -> JSONResponse:
     },
     summary="Prometheus metrics",
 )
-async def prometheus_metrics(service: Service) -> Response:
+async def prometheus_metrics(request: Request) -> Response:
     """The API's Prometheus metrics: HTTP requests and their latency and, while Redis answers,
     each model's warm workers and queue depth."""
+    service = service_of(request)
     ready = await service.readiness()
     if ready.redis:
         for card in await service.list_models():

@@ -30,7 +30,7 @@ from service.openai_compat import (
     with_quality,
 )
 from service.params import parse_prefer_wait
-from service.routes.deps import IdempotencyKey, LinksAt, Owner, Service, image_links
+from service.routes.deps import IdempotencyKey, LinksAt, image_links, owner_of, service_of
 from service.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,6 @@ async def create_image(
     body: ImageGenerationRequest,
     request: Request,
     response: Response,
-    service: Service,
-    owner: Owner,
     prefer: Annotated[
         str | None,
         Header(
@@ -138,6 +136,7 @@ async def create_image(
     Errors on this route have OpenAI's shape: `{"error": {"message", "type", "param",
     "code"}}`, with 400 for invalid input.
     """
+    service, owner = service_of(request), owner_of(request)
     wait_s = parse_prefer_wait(prefer, WAIT_MAX_S)
     generate = to_generate_request(body)
     try:

@@ -13,10 +13,10 @@ from common.contract import MAX_IMAGES, OutputFormat
 from service.openapi import BINARY, error
 from service.routes.deps import (
     LinksAt,
-    Owner,
-    Service,
     existing_job,
     job_response,
+    owner_of,
+    service_of,
     stream_slot,
 )
 from service.schemas import EXAMPLE_JOB_ID, JobResponse
@@ -81,10 +81,12 @@ id: 1767225601870-0
     responses=NOT_FOUND,
     summary="A job's state",
 )
-async def get_job(job_id: str, request: Request, service: Service, owner: Owner) -> JobResponse:
+async def get_job(job_id: str, request: Request) -> JobResponse:
     """A job's status, queue position, progress, parameters (seed included), timings, error and
     links: to itself, to its events and to its images once it has succeeded."""
-    return job_response(await service.get(job_id, owner=owner), LinksAt.of(request), service)
+    service = service_of(request)
+    view = await service.get(job_id, owner=owner_of(request))
+    return job_response(view, LinksAt.of(request), service)
 
 
 @router.get(
@@ -113,14 +115,15 @@ async def get_job(job_id: str, request: Request, service: Service, owner: Owner)
     dependencies=[Depends(stream_slot)],
 )
 async def stream_job_events(
-    job_id: str, service: Service, owner: Owner, job: Annotated[JobView, Depends(existing_job)]
+    job_id: str, request: Request, job: Annotated[JobView, Depends(existing_job)]
 ) -> AsyncIterator[ServerSentEvent]:
     """Follow a job as Server-Sent Events: its history from the start, then live, until its
     final state. Events are `status` (each state change) and `progress` (each denoising step);
     the response's schema describes them. An unknown job is a JSON 404, before any stream."""
     # The job is looked up by a dependency, before the stream starts, so that an unknown
     # job is a proper 404 rather than an error in the middle of a 200 stream.
-    async for entry_id, kind, payload in service.events(job_id, owner=owner):
+    events = service_of(request).events(job_id, owner=owner_of(request))
+    async for entry_id, kind, payload in events:
         yield ServerSentEvent(event=kind, data=payload, id=entry_id)
 
 
@@ -142,13 +145,12 @@ async def stream_job_events(
     },
     summary="Cancel a job: at once while queued, at the next denoising step while running",
 )
-async def cancel_job(
-    job_id: str, request: Request, response: Response, service: Service, owner: Owner
-) -> JobResponse:
+async def cancel_job(job_id: str, request: Request, response: Response) -> JobResponse:
     """Cancel a job. A queued job is removed from its queue and answers 200, `canceled`; a
     running one answers 202 and stops at its next denoising step (follow its events for the
     final state); a finished one answers 409."""
-    view = await service.cancel(job_id, owner=owner)
+    service = service_of(request)
+    view = await service.cancel(job_id, owner=owner_of(request))
     if not view.record.status.terminal:
         response.status_code = 202
     return job_response(view, LinksAt.of(request), service)
@@ -187,13 +189,13 @@ async def get_image(
         PathParam(ge=0, le=MAX_IMAGES - 1, description="Image index, 0-based."),
         BeforeValidator(canonical_index),
     ],
-    service: Service,
-    owner: Owner,
+    request: Request,
 ) -> Response:
     """The bytes of a succeeded job's image `index` (0-based), with its content type: PNG (its
     parameters in a `parameters` text chunk), JPEG or WebP. With presigned result URLs the
     job's `links.images` point into the object store instead."""
-    image = await service.image(job_id, index, owner=owner)
+    service = service_of(request)
+    image = await service.image(job_id, index, owner=owner_of(request))
     # An image never changes, and is kept as long as its job.
     max_age = service.settings.result_ttl_s
     return Response(
