@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from common import jobstore, keys
+from service.queue import RecordedCommands
 
 # Long enough for any client's retries of one request; Stripe and the IETF draft use 24 h.
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -56,7 +57,7 @@ def _lua_constants() -> str:
 # ARGV: CREATE's ARGV (maxlen, params, ttl, fields json), then max queued, owner cap,
 # idempotency ttl, body fingerprint, job id, model name, its record as validated against
 # ('': unchecked), the number of known models the choice assumed ('0': any), then RQ's
-# commands: per command, its argument count and its arguments.
+# commands as service.queue.RecordedCommands packs them: their sizes, their bytes.
 # Returns {verdict, job id or count}; "created" and "replayed" add the record's HGETALL.
 SUBMIT = (
     jobstore.CREATE_FUNCTIONS
@@ -95,11 +96,17 @@ create_job()
 if KEYS[4] ~= '' then
   redis.call('SET', KEYS[4], job_id .. '|' .. ARGV[8], 'EX', ARGV[7])
 end
-local i = 13
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
+local sizes = {}
+for size in string.gmatch(ARGV[13], '%d+') do sizes[#sizes + 1] = tonumber(size) end
+local i, at = 1, 1
+while i <= #sizes do
+  local command = {}
+  for j = 1, sizes[i] do
+    command[j] = string.sub(ARGV[14], at, at + sizes[i + j] - 1)
+    at = at + sizes[i + j]
+  end
+  redis.call(unpack(command))
+  i = i + sizes[i] + 1
 end
 return {CREATED, job_id, redis.call('HGETALL', KEYS[1])}
 """
@@ -143,12 +150,12 @@ def submit_call(
     limits: Limits,
     owner: str | None,
     idempotency: tuple[str, str] | None,
-    enqueue: list[bytes],
+    enqueue: RecordedCommands,
 ) -> jobstore.ScriptCall:
     """SUBMIT's KEYS and ARGV: CREATE's call for the job, the gates, then RQ's commands.
 
     `idempotency` is (the client's key, the body's fingerprint); `enqueue` is
-    `JobQueue.enqueue_commands`' flat list; `check`, what the job was validated against (None:
+    `JobQueue.enqueue_commands`' recording; `check`, what the job was validated against (None:
     admit it whatever the model's record, for callers that validated against none).
     """
     idem_key, body = ("", "") if idempotency is None else idempotency
@@ -170,7 +177,8 @@ def submit_call(
             model,
             "" if check is None else check.record,
             0 if check is None else check.known,
-            *enqueue,
+            enqueue.sizes,
+            enqueue.data,
         ],
     )
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis import Redis
+from redis._parsers import Encoder
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 from rq.job import Job
@@ -41,6 +43,38 @@ return {redis.call('TIME'), table.concat(redis.call('LRANGE', KEYS[1], 0, -1), '
 """
 
 
+class RecordedCommands(NamedTuple):
+    """Redis commands packed in two strings, for a script to run (service.admission.SUBMIT):
+    `sizes`, per command, its argument count then each argument's length in bytes, separated by
+    spaces; `data`, the arguments' bytes back to back.
+
+    Two script arguments instead of one per command argument: redis-py encodes and frames each
+    argument in Python, and RQ's enqueue of one job has about fifty.
+    """
+
+    sizes: str
+    data: bytes
+
+    @classmethod
+    def pack(cls, commands: list[tuple[object, ...]], encoder: Encoder) -> RecordedCommands:
+        sizes: list[int] = []
+        parts: list[bytes] = []
+        for args in commands:
+            sizes.append(len(args))
+            for arg in args:
+                # Most of RQ's arguments are str or bytes already: encoded here at C speed.
+                part = (
+                    arg.encode()
+                    if type(arg) is str
+                    else arg
+                    if type(arg) is bytes
+                    else encoder.encode(arg)  # type: ignore[no-untyped-call]
+                )
+                sizes.append(len(part))
+                parts.append(part)
+        return cls(" ".join(map(str, sizes)), b"".join(parts))
+
+
 class JobQueue:
     def __init__(self, redis: Redis, *, job_timeout_s: int, ttl_s: int):
         self.redis = redis
@@ -62,19 +96,17 @@ class JobQueue:
         """Whether `enqueue_commands` for `model` is free of I/O (else call it in a thread)."""
         return model in self._queues
 
-    def enqueue_commands(self, job_id: str, model: str) -> list[bytes]:
-        """RQ's own commands that enqueue the job, recorded on a pipeline that is never sent,
-        flattened for service.admission.SUBMIT: each command's length, then its arguments."""
+    def enqueue_commands(self, job_id: str, model: str) -> RecordedCommands:
+        """RQ's own commands that enqueue the job, recorded on a pipeline that is never sent and
+        packed for service.admission.SUBMIT."""
         queue = self._queue(model)
         recorder = self.redis.pipeline(transaction=False)
         queue.enqueue_job(self._job(queue, job_id), pipeline=recorder)
-        encoder = self.redis.get_encoder()
-        flat: list[bytes] = []
-        for args, _ in recorder.command_stack:
-            flat.append(str(len(args)).encode())
-            flat.extend(encoder.encode(arg) for arg in args)  # type: ignore[no-untyped-call]
+        commands = RecordedCommands.pack(
+            [args for args, _ in recorder.command_stack], self.redis.get_encoder()
+        )
         recorder.reset()
-        return flat
+        return commands
 
     def enqueue(self, job_id: str, model: str) -> None:
         """Enqueue at once, without admission's gates (tests, and jobs already admitted)."""

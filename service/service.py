@@ -29,7 +29,7 @@ from service.errors import (
 )
 from service.fanout import EventHub, is_terminal
 from service.params import resolve
-from service.queue import JobQueue, QueuePositions
+from service.queue import JobQueue, QueuePositions, RecordedCommands
 from service.registry import ModelRegistry, Models
 from service.schemas import ModelCard, ReadyResponse
 from service.settings import ApiSettings
@@ -170,7 +170,7 @@ class GenerationService:
         """
         choice = choice or await self.choose_model(request.model)
         job_id = uuid.uuid4().hex
-        enqueue: tuple[str, list[bytes]] | None = None
+        enqueue: tuple[str, RecordedCommands] | None = None
         for _ in range(ADMISSION_TRIES):
             try:
                 params = resolve(request, choice.info)
@@ -215,7 +215,7 @@ class GenerationService:
             retry_after_s=1,
         )
 
-    async def _enqueue_commands(self, job_id: str, model: str) -> list[bytes]:
+    async def _enqueue_commands(self, job_id: str, model: str) -> RecordedCommands:
         if self.queue.prepared(model):
             return self.queue.enqueue_commands(job_id, model)
         return await to_thread.run_sync(self.queue.enqueue_commands, job_id, model)
