@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from common import jobstore, keys
-from service.queue import RecordedCommands
+from service.rq_recording import RecordedCommands
 
 # Long enough for any client's retries of one request; Stripe and the IETF draft use 24 h.
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -57,7 +57,7 @@ def _lua_constants() -> str:
 # ARGV: CREATE's ARGV (maxlen, params, ttl, fields json), then max queued, owner cap,
 # idempotency ttl, body fingerprint, job id, model name, its record as validated against
 # ('': unchecked), the number of known models the choice assumed ('0': any), then RQ's
-# commands as service.queue.RecordedCommands packs them: their sizes, their bytes.
+# commands as service.rq_recording.RecordedCommands packs them: their sizes, their bytes.
 # Returns {verdict, job id or count}; "created" and "replayed" add the record's HGETALL.
 SUBMIT = (
     jobstore.CREATE_FUNCTIONS

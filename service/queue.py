@@ -7,12 +7,12 @@ RQ is synchronous: callers run JobQueue's methods in a thread (but `enqueue_comm
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from uuid import uuid4
 
 from redis import Redis
-from redis._parsers import Encoder
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 from rq.job import Job
@@ -20,6 +20,15 @@ from rq.job import JobStatus as RqStatus
 
 from common import keys
 from common.contract import GENERATE_TASK
+from service.rq_recording import (
+    TEMPLATE_TRIES,
+    EnqueueTemplate,
+    RecordedCommands,
+    Recording,
+    enqueue_times,
+)
+
+log = logging.getLogger(__name__)
 
 # RQ's states of a job RQ itself gave up on: its task raised past the runner, or RQ found it
 # abandoned before any reaper did (no worker of the model alive for that long). RQ keeps a
@@ -43,44 +52,14 @@ return {redis.call('TIME'), table.concat(redis.call('LRANGE', KEYS[1], 0, -1), '
 """
 
 
-class RecordedCommands(NamedTuple):
-    """Redis commands packed in two strings, for a script to run (service.admission.SUBMIT):
-    `sizes`, per command, its argument count then each argument's length in bytes, separated by
-    spaces; `data`, the arguments' bytes back to back.
-
-    Two script arguments instead of one per command argument: redis-py encodes and frames each
-    argument in Python, and RQ's enqueue of one job has about fifty.
-    """
-
-    sizes: str
-    data: bytes
-
-    @classmethod
-    def pack(cls, commands: list[tuple[object, ...]], encoder: Encoder) -> RecordedCommands:
-        sizes: list[int] = []
-        parts: list[bytes] = []
-        for args in commands:
-            sizes.append(len(args))
-            for arg in args:
-                # Most of RQ's arguments are str or bytes already: encoded here at C speed.
-                part = (
-                    arg.encode()
-                    if type(arg) is str
-                    else arg
-                    if type(arg) is bytes
-                    else encoder.encode(arg)  # type: ignore[no-untyped-call]
-                )
-                sizes.append(len(part))
-                parts.append(part)
-        return cls(" ".join(map(str, sizes)), b"".join(parts))
-
-
 class JobQueue:
     def __init__(self, redis: Redis, *, job_timeout_s: int, ttl_s: int):
         self.redis = redis
         self.job_timeout_s = job_timeout_s
         self.ttl_s = ttl_s
         self._queues: dict[str, Queue] = {}
+        # Per model: RQ's enqueue recorded once and replayed, or None where it does not replay.
+        self._templates: dict[str, EnqueueTemplate | None] = {}
 
     def _queue(self, model: str) -> Queue:
         queue = self._queues.get(model)
@@ -94,29 +73,47 @@ class JobQueue:
 
     def prepared(self, model: str) -> bool:
         """Whether `enqueue_commands` for `model` is free of I/O (else call it in a thread)."""
-        return model in self._queues
+        return model in self._templates
 
     def enqueue_commands(self, job_id: str, model: str) -> RecordedCommands:
-        """RQ's own commands that enqueue the job, recorded on a pipeline that is never sent and
-        packed for service.admission.SUBMIT."""
-        queue = self._queue(model)
-        recorder = self.redis.pipeline(transaction=False)
-        queue.enqueue_job(self._job(queue, job_id), pipeline=recorder)
-        commands = RecordedCommands.pack(
-            [args for args, _ in recorder.command_stack], self.redis.get_encoder()
-        )
-        recorder.reset()
-        return commands
+        """RQ's own commands that enqueue the job, as service.rq_recording replays them, for
+        service.admission.SUBMIT to run."""
+        if model not in self._templates:
+            self._templates[model] = self._template(model)
+        template = self._templates[model]
+        if template is not None:
+            commands = template.fill(job_id, enqueue_times())
+            if commands is not None:
+                return commands
+        return self._record(job_id, model).commands
 
     def enqueue(self, job_id: str, model: str) -> None:
         """Enqueue at once, without admission's gates (tests, and jobs already admitted)."""
         queue = self._queue(model)
         queue.enqueue_job(self._job(queue, job_id))
 
+    def _record(self, job_id: str, model: str) -> Recording:
+        queue = self._queue(model)
+        return Recording.record(self.redis, queue, self._job(queue, job_id))
+
+    def _template(self, model: str) -> EnqueueTemplate | None:
+        for _ in range(TEMPLATE_TRIES):
+            first, second = (self._record(uuid4().hex, model) for _ in range(2))
+            template = EnqueueTemplate.of(first, second)
+            if template is not None:
+                return template
+        log.warning(
+            "RQ's enqueue of a job on %s does not replay with another job's id and time; each "
+            "job's is recorded afresh (slower)",
+            model,
+        )
+        return None
+
     def _job(self, queue: Queue, job_id: str) -> Job:
         return queue.create_job(
             GENERATE_TASK,
-            args=(job_id,),
+            # None: the task reads its job's id from RQ, so that every job's call is the same
+            # and its enqueue can be replayed (service.rq_recording).
             job_id=job_id,
             timeout=self.job_timeout_s,
             result_ttl=self.ttl_s,

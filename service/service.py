@@ -29,8 +29,9 @@ from service.errors import (
 )
 from service.fanout import EventHub, is_terminal
 from service.params import resolve
-from service.queue import JobQueue, QueuePositions, RecordedCommands
+from service.queue import JobQueue, QueuePositions
 from service.registry import ModelRegistry, Models
+from service.rq_recording import RecordedCommands
 from service.schemas import ModelCard, ReadyResponse
 from service.settings import ApiSettings
 from service.store import ApiJobStore, EventEntry

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -80,15 +81,24 @@ def submit(
 
 
 def test_an_admitted_job_is_recorded_and_enqueued_as_rq_does(r: Redis, redis_url: str) -> None:
-    verdict = submit(redis_url)
-    assert verdict.admitted is Admitted.created and verdict.record is not None
-    assert verdict.record.status is JobStatus.queued and verdict.record.params == PARAMS
-    job_id = verdict.detail
-    assert r.lrange(keys.rq_queue(MODEL), 0, -1) == [job_id]
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    verdicts = [submit(redis_url) for _ in range(3)]
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    for verdict in verdicts:
+        assert verdict.admitted is Admitted.created and verdict.record is not None
+        assert verdict.record.status is JobStatus.queued and verdict.record.params == PARAMS
+    ids = [verdict.detail for verdict in verdicts]
+    assert r.lrange(keys.rq_queue(MODEL), 0, -1) == ids
     with Redis.from_url(redis_url) as raw:
-        job = Job.fetch(job_id, connection=raw)
-        assert job.func_name == "worker.tasks.generate" and job.args == (job_id,)
-        assert job.get_status() == "queued" and job.origin == keys.queue_name(MODEL)
+        for job_id in ids:
+            # RQ's enqueue, replayed with this job's id and time (service.rq_recording).
+            job = Job.fetch(job_id, connection=raw)
+            # No arguments: the task reads its job's id from RQ.
+            assert job.func_name == "worker.tasks.generate" and job.args == ()
+            assert job.get_status() == "queued" and job.origin == keys.queue_name(MODEL)
+            assert job.timeout == 60 and job.result_ttl == 3600 and job.failure_ttl == 3600
+            for at in (job.created_at, job.enqueued_at):
+                assert at is not None and before <= at.replace(tzinfo=UTC) <= after
 
 
 def test_the_queue_bound_holds_under_concurrent_submissions(r: Redis, redis_url: str) -> None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
+from rq import Queue
 
+from common import jobstore, keys
+from common.contract import GENERATE_TASK, GenerateParams, OutputFormat
+from common.jobstore import Transitions
 from service.dev import wait_until
 from tests.harness import TINY_MODEL, Api, Deployment
 from tests.helpers import events, fetch_image, submit, wait_final
@@ -199,3 +205,31 @@ def test_metrics_carry_resolution_and_steps_labels(live: Deployment) -> None:
     assert ("sd3serve_queue_depth", frozenset({model})) in front
     health = api.client.get(f"{live.worker_metrics_url}/healthz").json()
     assert health == {"status": "ok", "ready": True}
+
+
+def test_a_job_queued_with_its_id_as_argument_still_runs(live: Deployment) -> None:
+    """Jobs that API versions before service.rq_recording queued, with the job's id as the
+    task's argument, are run by a newer worker: a rolling deploy upgrades workers first."""
+    job_id = uuid.uuid4().hex
+    params = GenerateParams(
+        model=TINY_MODEL,
+        prompt="a green triangle",
+        negative_prompt="",
+        width=64,
+        height=64,
+        steps=2,
+        guidance_scale=4.5,
+        seed=3,
+        num_images=1,
+        output_format=OutputFormat.png,
+    )
+    with Redis.from_url(live.redis_url) as redis:
+        call = Transitions(3600).create(job_id, params)
+        redis.register_script(jobstore.CREATE)(keys=call.keys, args=call.args)
+        queue = Queue(keys.queue_name(TINY_MODEL), connection=redis)
+        queue.enqueue_call(GENERATE_TASK, args=(job_id,), job_id=job_id, timeout=600)
+        done = wait_final(live.api, job_id)
+    assert done["status"] == "succeeded", done
+    assert done["params"] == params.model_dump(mode="json")
+    image, _ = fetch_image(live.api, done["links"]["images"][0])
+    assert image.size == (64, 64)

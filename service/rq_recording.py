@@ -1,0 +1,131 @@
+"""RQ's enqueue of a job, recorded for service.admission.SUBMIT to run, and replayed per job.
+
+RQ stays the author of its data: its own enqueue, run on a pipeline that is never sent, writes
+the commands, and SUBMIT runs them only once the job is admitted. Recording that for every job
+cost about a quarter of a POST's CPU (RQ builds a Job, pickles and compresses its call, formats
+two times, and redis-py builds each command), so it is recorded once per model, and each job's
+commands are that recording with the job's own id and time put in. Those are the only parts of
+RQ's job that differ from one job to the next, as the task takes no arguments
+(worker.tasks.generate reads its job's id from RQ). A recording is trusted only once a second
+one, of another id at another time, is reproduced exactly by putting that id and those times
+into the first; otherwise each job is recorded by RQ afresh.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from redis import Redis
+from redis._parsers import Encoder
+from rq import Queue
+from rq.job import Job
+from rq.utils import now, utcformat
+
+# The fields of RQ's job hash that hold the time of the enqueue, in RQ's own format.
+TIME_FIELDS = ("created_at", "enqueued_at")
+# How many pairs of recordings to try before giving up on replaying: two recordings whose
+# times are equal to the microsecond cannot tell the two fields apart.
+TEMPLATE_TRIES = 3
+
+
+class RecordedCommands(NamedTuple):
+    """Redis commands packed in two strings, for a script to run (service.admission.SUBMIT):
+    `sizes`, per command, its argument count then each argument's length in bytes, separated by
+    spaces; `data`, the arguments' bytes back to back.
+
+    Two script arguments instead of one per command argument: redis-py encodes and frames each
+    argument in Python, and RQ's enqueue of one job has about fifty.
+    """
+
+    sizes: str
+    data: bytes
+
+    @classmethod
+    def pack(cls, commands: list[tuple[object, ...]], encoder: Encoder) -> RecordedCommands:
+        sizes: list[int] = []
+        parts: list[bytes] = []
+        for args in commands:
+            # Most of RQ's arguments are str or bytes already: encoded here at C speed.
+            encoded = [
+                arg
+                if type(arg) is bytes
+                else arg.encode()
+                if type(arg) is str
+                else encoder.encode(arg)  # type: ignore[no-untyped-call]
+                for arg in args
+            ]
+            sizes.append(len(encoded))
+            sizes.extend(map(len, encoded))
+            parts.extend(encoded)
+        return cls(" ".join(map(str, sizes)), b"".join(parts))
+
+
+@dataclass(frozen=True)
+class Recording:
+    """RQ's enqueue of one job, and what in it is that job's own: its id and the times."""
+
+    commands: RecordedCommands
+    job_id: str
+    times: dict[str, str]
+
+    @classmethod
+    def record(cls, redis: Redis, queue: Queue, job: Job) -> Recording:
+        recorder = redis.pipeline(transaction=False)
+        queue.enqueue_job(job, pipeline=recorder)
+        stack = [args for args, _ in recorder.command_stack]
+        recorder.reset()
+        times: dict[str, str] = {}
+        for args in stack:
+            if args[0] == "HSET":
+                fields = dict(zip(args[2::2], args[3::2], strict=True))
+                times |= {name: str(fields[name]) for name in TIME_FIELDS if name in fields}
+        return cls(RecordedCommands.pack(stack, redis.get_encoder()), job.id, times)
+
+
+class EnqueueTemplate:
+    """A model's recorded enqueue, cut where the job's id and times go."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.sizes = recording.commands.sizes
+        names = {recording.job_id.encode(): "id"}
+        names |= {value.encode(): name for name, value in recording.times.items()}
+        if len(names) != 1 + len(TIME_FIELDS):
+            raise ValueError("the recording's id and times are not all distinct")
+        self._lengths = {name: len(token) for token, name in names.items()}
+        pattern = re.compile(b"(" + b"|".join(re.escape(token) for token in names) + b")")
+        # Odd pieces are what the pattern matched: the name of the value that goes there.
+        pieces = pattern.split(recording.commands.data)
+        self._pieces: list[bytes | str] = [
+            names[piece] if i % 2 else piece for i, piece in enumerate(pieces)
+        ]
+
+    @classmethod
+    def of(cls, first: Recording, second: Recording) -> EnqueueTemplate | None:
+        """`first` as a template, if it replays `second`, RQ's enqueue of another job."""
+        if set(first.times) != set(TIME_FIELDS) or set(second.times) != set(TIME_FIELDS):
+            return None
+        try:
+            template = cls(first)
+        except ValueError:
+            return None
+        replayed = template.fill(second.job_id, second.times)
+        return template if replayed == second.commands else None
+
+    def fill(self, job_id: str, times: dict[str, str]) -> RecordedCommands | None:
+        """The commands for `job_id` enqueued at `times`; None if a value's length differs
+        from the recording's, which would change the commands' sizes."""
+        values = {"id": job_id.encode()} | {name: t.encode() for name, t in times.items()}
+        if any(len(values[name]) != length for name, length in self._lengths.items()):
+            return None
+        data = b"".join(
+            piece if isinstance(piece, bytes) else values[piece] for piece in self._pieces
+        )
+        return RecordedCommands(self.sizes, data)
+
+
+def enqueue_times() -> dict[str, str]:
+    """The time fields of a job enqueued now, as RQ writes them."""
+    at = utcformat(now())
+    return dict.fromkeys(TIME_FIELDS, at)
