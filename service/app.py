@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from common.gc_freeze import freeze_startup_objects
 from common.settings import load_settings
 from service.auth import ApiKeyMiddleware, Authenticator, load_key_ring
 from service.body_limit import BodyLimitMiddleware
@@ -95,6 +96,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         webhooks = WebhookSender.start(app, redis, settings)
         if auth is not None:
             auth.connect(redis)
+        freeze_startup_objects()
         try:
             yield
         finally:

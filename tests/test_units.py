@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from PIL import Image
 
 from common.contract import GenerateParams, GenerateRequest, ModelInfo, OutputFormat
+from common.gc_freeze import freeze_startup_objects
 from common.jobstore import decode_record
 from service.client import output_paths
 from service.errors import InvalidParameter
@@ -236,3 +239,20 @@ def test_a_png_at_any_compress_level_keeps_the_pixels_and_the_recipe() -> None:
         decoded = Image.open(io.BytesIO(data))
         assert np.array_equal(np.asarray(decoded), np.asarray(image))
         assert json.loads(decoded.info["parameters"]) == recipe
+
+
+def test_freezing_collects_startup_garbage_then_exempts_what_lives() -> None:
+    class Node:
+        other: object = None
+
+    garbage, kept = Node(), Node()
+    garbage.other = garbage  # a cycle only the collector frees
+    dead = weakref.ref(garbage)
+    del garbage
+    try:
+        freeze_startup_objects()
+        assert dead() is None  # collected before the freeze, not kept forever
+        assert gc.get_freeze_count() > 0
+        assert not any(obj is kept for obj in gc.get_objects())  # out of the collector's reach
+    finally:
+        gc.unfreeze()

@@ -23,6 +23,7 @@ from rq.worker.base import WorkerStatus
 
 from common import keys, workers
 from common.contract import ModelInfo
+from common.gc_freeze import freeze_startup_objects
 from worker import metrics, tasks
 from worker.pipeline import WarmPipeline
 from worker.progress import ProgressReporter
@@ -477,6 +478,7 @@ def run(settings: WorkerSettings) -> None:
 
     _first_contact(publish, outage)
     housekeeping = Housekeeping(settings, reaper, outage)
+    freeze_startup_objects()
     warm.set()
     metrics.READY.labels(name).set(1)
     heartbeat.start()
