@@ -16,13 +16,19 @@ and the API alone is measured. Then, for that stack:
    times whether or not earlier ones were answered, and each latency counts from its scheduled
    time, so a server (or a client) that falls behind shows it. It prints the rate answered,
    p50 and p99, and every answer other than 202.
+4. With `--floor`, at each rate right after the API: the same load on bench/floor_app.py, the
+   least an enqueue does on this stack (FastAPI under the same uvicorn, with as many processes,
+   validating the same body and making one script call). Each load also prints the server's
+   CPU time per request answered, read from /proc, and with the floor the ratio of the two:
+   on a shared machine whose speed drifts, CPU per request says more than a rate, and the
+   ratio, measured side by side, says what part of the cost is the service's own.
 
 The client is a minimal HTTP/1.1 one on asyncio streams (keep-alive connections, no parsing
 beyond the status line and Content-Length), so that on a small machine the client's own cost
 takes as little as possible from the server it shares the CPUs with.
 
     .venv/bin/python bench/enqueue.py [--seconds 10] [--rates 500,1000,1500]
-        [--api-workers 1,2] [--connections 64]
+        [--api-workers 1,2] [--connections 64] [--floor]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import floor_app  # beside this file: run as a script, bench/ is on the path
 import httpx
 from redis import Redis
 
@@ -56,7 +63,9 @@ from service.dev import (
     wait_until,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench-model"
+JSON = {"content-type": "application/json"}
 BODY = json.dumps({"prompt": "a small red circle in the center on a white background"}).encode()
 # The end of the MONITOR window: a command no one else sends.
 MONITOR_END = "sd3serve-bench-monitor-end"
@@ -226,19 +235,30 @@ def start_stack(stack: Stack, work: Path, api_workers: int) -> tuple[str, str]:
     if api_workers > 1:
         # uvicorn answers /healthz from the first process up; the warm-up requests that follow
         # reach the others once they are there.
-        wait_until(lambda: len(_api_pids(stack)) >= api_workers, stack, "the API processes", 120)
+        wait_until(lambda: len(_workers(stack, "api")) >= api_workers, stack, "the API", 120)
     return redis_url, url
 
 
-def _api_pids(stack: Stack) -> list[int]:
-    """The API's processes: uvicorn's supervisor's children that run our app."""
-    _, parent = next(child for child in stack.children if child[0] == "api")
+def _workers(stack: Stack, name: str) -> list[int]:
+    """The processes of the uvicorn started as `name` that run its app: those its supervisor
+    started, or with one worker, the process itself."""
+    _, parent = next(child for child in stack.children if child[0] == name)
     found: list[int] = []
     for task in Path(f"/proc/{parent.pid}/task").iterdir():
         children = (task / "children").read_text().split()
         found.extend(int(pid) for pid in children)
     # Beside them, maybe, multiprocessing's resource tracker.
-    return [pid for pid in found if "resource_tracker" not in _cmdline(pid)]
+    return [pid for pid in found if "resource_tracker" not in _cmdline(pid)] or [parent.pid]
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """The CPU time, user and system, the processes have used so far."""
+    total = 0
+    for pid in pids:
+        # The fields after the command's closing parenthesis: utime and stime are 12th and 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _cmdline(pid: int) -> str:
@@ -248,10 +268,69 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-async def measure(args: argparse.Namespace, redis_url: str, url: str) -> list[str]:
+@dataclass
+class Server:
+    """An HTTP server under load: its client, and the processes whose CPU it is charged."""
+
+    client: Client
+    pids: list[int]
+
+    async def open_loop(self, raw: bytes, rate: float, seconds: float) -> tuple[OpenLoop, float]:
+        """The run, and the server's CPU time per request answered, in seconds."""
+        before = _cpu_s(self.pids)
+        run = await open_loop(self.client, raw, rate, seconds)
+        return run, (_cpu_s(self.pids) - before) / max(1, sum(run.answers.values()))
+
+
+def start_floor(stack: Stack, redis_url: str, api_workers: int) -> str:
+    """bench/floor_app.py under uvicorn with the API's options, on the stack's Redis."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--port", str(port)]
+    argv += ["--workers", str(api_workers), "--no-access-log", "--log-level", "warning"]
+    env = dict(os.environ) | {floor_app.REDIS_URL_ENV: redis_url, "PYTHONPATH": str(ROOT)}
+    stack.start("floor", argv, env)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.post(f"{url}/v1/generate", content=BODY, headers=JSON).status_code == 202
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, stack, "the floor app", 60)
+    wait_until(lambda: len(_workers(stack, "floor")) >= api_workers, stack, "the floor app", 60)
+    return url
+
+
+def _client(url: str, connections: int) -> Client:
     host, port = url.removeprefix("http://").split(":")
-    client = Client(host, int(port), args.connections)
+    return Client(host, int(port), connections)
+
+
+def open_loop_line(name: str, run: OpenLoop, cpu_s: float) -> str:
+    answered = sum(run.answers.values()) / run.wall_s
+    lat = run.latencies
+    p50 = f"{percentile(lat, 0.5) * 1000:.1f}" if lat else "-"
+    p99 = f"{percentile(lat, 0.99) * 1000:.1f}" if lat else "-"
+    others = {k: v for k, v in run.answers.items() if k != "202"}
+    line = (
+        f"{name} open loop at {run.rate:g}/s for {run.seconds:g} s: {answered:.0f} "
+        f"answered/s, p50 {p50} ms, p99 {p99} ms, client start lag max "
+        f"{run.lag_s * 1000:.0f} ms, other answers: {others or 'none'}; "
+        f"server CPU {cpu_s * 1000:.2f} ms per request"
+    )
+    return line
+
+
+async def measure(
+    args: argparse.Namespace, stack: Stack, redis_url: str, url: str, floor_url: str | None
+) -> list[str]:
+    client = _client(url, args.connections)
+    api = Server(client, _workers(stack, "api"))
     post = client.request_bytes("POST", "/v1/generate", BODY)
+    floor = None
+    if floor_url:
+        floor = Server(_client(floor_url, args.connections), _workers(stack, "floor"))
     lines = []
     try:
         # Warm: every process has loaded its scripts and met the model once.
@@ -295,21 +374,21 @@ async def measure(args: argparse.Namespace, redis_url: str, url: str) -> list[st
             f"{rates['queued']:.0f}/s, finished {rates['finished']:.0f}/s; a queued read costs "
             f"{rates['finished'] / rates['queued']:.2f}x a finished one"
         )
+        if floor is not None:
+            warm = (floor.client.send(post) for _ in range(100 * args.api_workers_now))
+            await asyncio.gather(*warm)
         for rate in args.rates:
-            run = await open_loop(client, post, rate, args.seconds)
-            answered = sum(run.answers.values())
-            lat = run.latencies
-            p50 = f"{percentile(lat, 0.5) * 1000:.1f}" if lat else "-"
-            p99 = f"{percentile(lat, 0.99) * 1000:.1f}" if lat else "-"
-            others = {k: v for k, v in run.answers.items() if k != "202"}
-            lines.append(
-                f"POST open loop at {rate:g}/s for {args.seconds:g} s: {answered / run.wall_s:.0f} "
-                f"answered/s, p50 {p50} ms, p99 {p99} ms, client start lag max "
-                f"{run.lag_s * 1000:.0f} ms, other answers: {others or 'none'}"
-            )
+            run, ours = await api.open_loop(post, rate, args.seconds)
+            lines.append(open_loop_line("POST", run, ours))
+            if floor is not None:
+                run, least = await floor.open_loop(post, rate, args.seconds)
+                lines.append(open_loop_line("floor POST", run, least))
+                lines.append(f"  the API's CPU per request: {ours / least:.2f}x the floor's")
 
     finally:
         await client.close()
+        if floor is not None:
+            await floor.client.close()
     return lines
 
 
@@ -323,6 +402,9 @@ def main() -> int:
         "--api-workers", default="1,2", help="SD3SERVE_API_WORKERS values, comma-separated"
     )
     parser.add_argument("--connections", type=int, default=64, help="client connection limit")
+    parser.add_argument(
+        "--floor", action="store_true", help="also load bench/floor_app.py at each rate"
+    )
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
     print(
@@ -336,8 +418,9 @@ def main() -> int:
         work = Path(tempfile.mkdtemp(prefix="sd3serve-enqueue-"))
         try:
             redis_url, url = start_stack(stack, work, api_workers)
+            floor_url = start_floor(stack, redis_url, api_workers) if args.floor else None
             print(f"\nSD3SERVE_API_WORKERS={api_workers}", flush=True)
-            for line in asyncio.run(measure(args, redis_url, url)):
+            for line in asyncio.run(measure(args, stack, redis_url, url, floor_url)):
                 print("  " + line, flush=True)
             # The metrics of every process, summed: the POSTs above, from any process.
             page = httpx.get(f"{url}/metrics").text
