@@ -326,17 +326,19 @@ def to_generate_request(body: ImageGenerationRequest) -> GenerateRequest:
 
 
 def with_quality(
-    request: GenerateRequest, body: ImageGenerationRequest, info: ModelInfo
-) -> tuple[GenerateRequest, ReportedQuality | None]:
-    """The request on the chosen model with its steps, and the quality tier to report.
-
-    `steps` wins over `quality`; then no tier is reported, since none was run.
-    """
+    request: GenerateRequest, info: ModelInfo, *, body: ImageGenerationRequest
+) -> GenerateRequest:
+    """The request on the model `info` describes, with the steps its `quality` stands for
+    there (the model's default steps, divided); `steps` wins over `quality`."""
     if body.steps is not None:
-        return request.model_copy(update={"model": info.id}), None
+        return request.model_copy(update={"model": info.id})
     steps = quality_steps(body.quality, info.default_steps)
-    reported = QUALITY_TABLE[body.quality or "auto"][1]
-    return request.model_copy(update={"model": info.id, "steps": steps}), reported
+    return request.model_copy(update={"model": info.id, "steps": steps})
+
+
+def reported_quality(body: ImageGenerationRequest) -> ReportedQuality | None:
+    """The quality tier to report: none when `steps` was given, since no tier was run."""
+    return None if body.steps is not None else QUALITY_TABLE[body.quality or "auto"][1]
 
 
 def unfinished_error(record: JobRecord, job_url: str, waited_s: int) -> OpenAIError | None:

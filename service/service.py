@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -158,10 +158,13 @@ class GenerationService:
         *,
         owner: str | None = None,
         idempotency_key: str | None = None,
+        adapt: Callable[[GenerateRequest, ModelInfo], GenerateRequest] | None = None,
     ) -> JobRecord:
         """Queue the job on the model `choice` names, or on the one `choose_model` picks for it,
         with the webhook `service.webhooks.accept_webhook` made of the request's, owned by the
-        API key named `owner` (None: the API has no keys).
+        API key named `owner` (None: the API has no keys). `adapt` fits the request to the
+        model's record before it is validated, at each record tried (the OpenAI route's quality
+        tiers are fractions of the model's default steps).
 
         With an `idempotency_key`, the same key and body within a day return the job the first
         request created; the same key with another body is refused. The model's record, the
@@ -174,7 +177,9 @@ class GenerationService:
         enqueue: tuple[str, RecordedCommands] | None = None
         for _ in range(ADMISSION_TRIES):
             try:
-                params = resolve(request, choice.info)
+                params = resolve(
+                    request if adapt is None else adapt(request, choice.info), choice.info
+                )
             except InvalidParameter:
                 # Refused only on the record Redis holds now: its workers may have been
                 # redeployed with other limits since this process cached it.

@@ -21,7 +21,7 @@ from redis import Redis
 from common import keys
 from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
 from common.jobstore import JobRecord
-from service.dev import publish_idle_model
+from service.dev import model_record, publish_idle_model
 from service.openai_compat import JOB_ID_HEADER, quality_steps, unfinished_error
 from tests.harness import TINY_MODEL, Api, Deployment, deployment, poll
 
@@ -325,3 +325,26 @@ def test_a_failed_job_is_a_server_error_with_its_reason() -> None:
     assert error.headers["x-should-retry"] == "false"
     succeeded = record.model_copy(update={"status": JobStatus.succeeded, "error": None})
     assert unfinished_error(succeeded, "", 300) is None
+
+
+@pytest.mark.stack
+def test_a_quality_is_resolved_on_the_model_record_redis_holds(idle: Deployment) -> None:
+    """A quality tier is a fraction of the model's default steps: after a redeploy changed
+    them, the API's cached record is stale, and the job must take the new record's steps."""
+    client = sync_client(idle.api)
+    model = publish_idle_model(idle.redis_url, "tiers")
+
+    def low_steps() -> int:
+        with pytest.raises(openai.InternalServerError) as queued:  # no worker: 504, queued
+            client.images.generate(
+                prompt=PROMPT, model=model, quality="low", extra_headers={"Prefer": "wait=0"}
+            )
+        steps: int = job(idle.api, queued.value.response.headers[JOB_ID_HEADER])["params"]["steps"]
+        return steps
+
+    default = model_record(model).default_steps
+    assert low_steps() == quality_steps("low", default)  # the API has the record cached now
+    with Redis.from_url(idle.redis_url) as redis:
+        redeployed = model_record(model).model_copy(update={"default_steps": default * 4})
+        redis.hset(keys.MODELS, model, redeployed.model_dump_json())
+    assert low_steps() == quality_steps("low", default * 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
@@ -25,6 +26,7 @@ from service.openai_compat import (
     OpenAIErrorResponse,
     from_api_error,
     invalid_request,
+    reported_quality,
     to_generate_request,
     unfinished_error,
     with_quality,
@@ -138,12 +140,13 @@ async def create_image(
     """
     service, owner = service_of(request), owner_of(request)
     wait_s = parse_prefer_wait(prefer, WAIT_MAX_S)
-    generate = to_generate_request(body)
     try:
-        choice = await service.choose_model(generate.model)
-        generate, quality = with_quality(generate, body, choice.info)
         record = await service.submit(
-            generate, choice, owner=owner, idempotency_key=idempotency_key
+            to_generate_request(body),
+            owner=owner,
+            idempotency_key=idempotency_key,
+            # On each model record tried: a quality's steps depend on the model's defaults.
+            adapt=partial(with_quality, body=body),
         )
     except ApiError as exc:
         raise from_api_error(exc, body) from exc
@@ -174,6 +177,6 @@ async def create_image(
         data=data,
         output_format=record.params.output_format,
         size=f"{record.params.width}x{record.params.height}",
-        quality=quality,
+        quality=reported_quality(body),
         job_id=record.id,
     )
