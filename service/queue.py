@@ -112,8 +112,8 @@ class JobQueue:
     def _job(self, queue: Queue, job_id: str) -> Job:
         return queue.create_job(
             GENERATE_TASK,
-            # None: the task reads its job's id from RQ, so that every job's call is the same
-            # and its enqueue can be replayed (service.rq_recording).
+            # No arguments: the task reads its job's id from RQ, so that every job's call is the
+            # same and its enqueue can be replayed (service.rq_recording).
             job_id=job_id,
             timeout=self.job_timeout_s,
             result_ttl=self.ttl_s,
