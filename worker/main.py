@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from redis import Redis
@@ -27,12 +27,20 @@ from common.gc_freeze import freeze_startup_objects
 from worker import metrics, tasks
 from worker.pipeline import WarmPipeline
 from worker.progress import ProgressReporter
-from worker.recovery import REDIS_DOWN, RETRY_FIRST_S, RETRY_MAX_S, Outage, Reaper, connect, pause
+from worker.recovery import (
+    REDIS_DOWN,
+    RETRY_FIRST_S,
+    RETRY_MAX_S,
+    Outage,
+    Reaper,
+    connect,
+    pause,
+    through_outage,
+)
 from worker.runner import JobRunner
 from worker.settings import WorkerSettings
 from worker.store import WorkerJobStore, new_worker_id
 
-T = TypeVar("T")
 log = logging.getLogger("sd3serve.worker")
 
 # How long an idle worker blocks on the queue before it looks at its stop flag again.
@@ -352,24 +360,6 @@ class Housekeeping:
         self.thread.join(timeout=5)
 
 
-def _first_contact(call: Callable[[], T], outage: Outage) -> T:
-    """`call`'s result, retried until Redis answers it. A worker may come up before its Redis
-    does (a pod started beside a Redis that is restarting): it keeps the model it has just
-    loaded, minutes of work for a large one, instead of exiting to load it all again. A stop
-    signal meanwhile ends the process as usual: it holds nothing yet."""
-    delay = RETRY_FIRST_S
-    while True:
-        try:
-            result = call()
-        except REDIS_DOWN as exc:
-            outage.failed(exc)
-        else:
-            outage.ok()
-            return result
-        time.sleep(delay)
-        delay = min(2 * delay, RETRY_MAX_S)
-
-
 def _redis_answers(redis: Redis) -> Callable[[], bool]:
     def check() -> bool:
         try:
@@ -415,8 +405,10 @@ def run(settings: WorkerSettings) -> None:
         silence_s=settings.silence_s,
     )
     rq_redis = connect(url)  # RQ wants raw bytes
+    # From here on a worker that came up before its Redis waits for it, keeping the model it
+    # has just loaded (minutes of work for a large one) rather than exiting to load it again.
     # RQ's worker names its connection on Redis as it is built: the first command sent.
-    worker = _first_contact(
+    worker = through_outage(
         lambda: WarmWorker(
             [Queue(keys.queue_name(name), connection=rq_redis)],
             connection=rq_redis,
@@ -476,7 +468,7 @@ def run(settings: WorkerSettings) -> None:
         heartbeat.beat()  # the model, before readiness is announced
         reaper.reap()  # jobs of workers that died while none was up to notice
 
-    _first_contact(publish, outage)
+    through_outage(publish, outage)
     housekeeping = Housekeeping(settings, reaper, outage)
     freeze_startup_objects()
     warm.set()

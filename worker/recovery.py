@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from redis import Redis, exceptions
 from redis.backoff import ExponentialBackoff
@@ -29,6 +30,7 @@ REDIS_DOWN = (exceptions.ConnectionError, exceptions.TimeoutError, exceptions.Re
 # Waits between retries while Redis is down: doubling from the first to the last.
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 4.0
+T = TypeVar("T")
 # How often a wait looks at whether the worker is asked to stop.
 STOP_POLL_S = 0.2
 # A Redis that neither answers nor refuses (a network partition) fails a command this soon.
@@ -85,6 +87,34 @@ def pause(seconds: float, stopping: Callable[[], bool]) -> None:
     deadline = time.monotonic() + seconds
     while not stopping() and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, STOP_POLL_S))
+
+
+class Abandoned(Exception):
+    """The worker is stopping while Redis is away: what it was doing is left to the reaper."""
+
+
+def never() -> bool:
+    return False
+
+
+def through_outage(
+    call: Callable[[], T], outage: Outage, stopping: Callable[[], bool] = never
+) -> T:
+    """`call`'s result, retried with a growing pause while Redis is down (`outage` hears of
+    each failure and of the recovery); Abandoned once `stopping` says so."""
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            result = call()
+        except REDIS_DOWN as exc:
+            outage.failed(exc)
+        else:
+            outage.ok()
+            return result
+        if stopping():
+            raise Abandoned()
+        pause(delay, stopping)
+        delay = min(2 * delay, RETRY_MAX_S)
 
 
 class Reaper:

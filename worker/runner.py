@@ -29,7 +29,7 @@ from worker.batch import LOOKAHEAD, pick
 from worker.encode import encode, image_parameters
 from worker.pipeline import BatchEmptied, BatchStepCallback
 from worker.progress import ProgressReporter
-from worker.recovery import REDIS_DOWN, RETRY_FIRST_S, RETRY_MAX_S, Outage, pause
+from worker.recovery import REDIS_DOWN, Abandoned, Outage, never, through_outage
 from worker.settings import DEFAULT_PNG_COMPRESS_LEVEL, DEFAULT_PROGRESS_INTERVAL_S
 from worker.store import WorkerJobStore
 
@@ -46,14 +46,6 @@ class Generator(Protocol):
         """Run compatible jobs as one call, calling `on_step` after each denoising step; each
         job's images, None for a job `on_step` dropped."""
         ...
-
-
-class Abandoned(Exception):
-    """The worker is stopping while Redis is away: the job is left to the reaper."""
-
-
-def _never() -> bool:
-    return False
 
 
 @dataclass
@@ -83,7 +75,7 @@ class JobRunner:
         labels: metrics.JobLabels,
         *,
         outage: Outage | None = None,
-        stopping: Callable[[], bool] = _never,
+        stopping: Callable[[], bool] = never,
         max_batch: int = 1,
         progress: ProgressReporter | None = None,
         png_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
@@ -249,20 +241,7 @@ class JobRunner:
         return False
 
     def _through_outage(self, call: Callable[[], T]) -> T:
-        """`call`'s result, retried while Redis is down; Abandoned if the worker is stopping."""
-        delay = RETRY_FIRST_S
-        while True:
-            try:
-                result = call()
-            except REDIS_DOWN as exc:
-                self.outage.failed(exc)
-            else:
-                self.outage.ok()
-                return result
-            if self.stopping():
-                raise Abandoned()
-            pause(delay, self.stopping)
-            delay = min(2 * delay, RETRY_MAX_S)
+        return through_outage(call, self.outage, self.stopping)
 
     def _step_callback(self, batch: list[Member], model: str, resolution: str) -> BatchStepCallback:
         last = time.perf_counter()
