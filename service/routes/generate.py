@@ -5,9 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 
 from common.contract import GenerateRequest
+from service.auth import request_owner
 from service.openapi import error
 from service.params import parse_prefer_wait
-from service.routes.deps import IdempotencyKey, LinksAt, job_response, owner_of, service_of
+from service.routes.deps import IdempotencyKey, LinksAt, job_response, service_of
 from service.schemas import EXAMPLE_JOB_URL, JobResponse
 from service.service import JobView
 from service.webhooks import accept_webhook
@@ -91,7 +92,7 @@ async def generate(
     the request is held up to N seconds and answers 200 with the finished job if it ends in
     time (a failed generation is a job state, not an HTTP error).
     """
-    service, owner = service_of(request), owner_of(request)
+    service, owner = service_of(request), request_owner(request)
     wait_s = parse_prefer_wait(prefer, PREFER_WAIT_MAX_S)
     webhook = None
     if body.webhook is not None:

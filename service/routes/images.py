@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from common.jobstore import JobRecord
+from service.auth import request_owner
 from service.errors import REDIS_DOWN_MESSAGE, REDIS_RETRY_AFTER_S, ApiError, unparsable_body
 from service.openai_compat import (
     JOB_ID_HEADER,
@@ -32,7 +33,7 @@ from service.openai_compat import (
     with_quality,
 )
 from service.params import parse_prefer_wait
-from service.routes.deps import IdempotencyKey, LinksAt, image_links, owner_of, service_of
+from service.routes.deps import IdempotencyKey, LinksAt, image_links, service_of
 from service.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ async def create_image(
     Errors on this route have OpenAI's shape: `{"error": {"message", "type", "param",
     "code"}}`, with 400 for invalid input.
     """
-    service, owner = service_of(request), owner_of(request)
+    service, owner = service_of(request), request_owner(request)
     wait_s = parse_prefer_wait(prefer, WAIT_MAX_S)
     try:
         record = await service.submit(

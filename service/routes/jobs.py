@@ -10,12 +10,12 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BeforeValidator
 
 from common.contract import MAX_IMAGES, OutputFormat
+from service.auth import request_owner
 from service.openapi import BINARY, error
 from service.routes.deps import (
     LinksAt,
     existing_job,
     job_response,
-    owner_of,
     service_of,
     stream_slot,
 )
@@ -85,7 +85,7 @@ async def get_job(job_id: str, request: Request) -> JobResponse:
     """A job's status, queue position, progress, parameters (seed included), timings, error and
     links: to itself, to its events and to its images once it has succeeded."""
     service = service_of(request)
-    view = await service.get(job_id, owner=owner_of(request))
+    view = await service.get(job_id, owner=request_owner(request))
     return job_response(view, LinksAt.of(request), service)
 
 
@@ -122,7 +122,7 @@ async def stream_job_events(
     the response's schema describes them. An unknown job is a JSON 404, before any stream."""
     # The job is looked up by a dependency, before the stream starts, so that an unknown
     # job is a proper 404 rather than an error in the middle of a 200 stream.
-    events = service_of(request).events(job_id, owner=owner_of(request))
+    events = service_of(request).events(job_id, owner=request_owner(request))
     async for entry_id, kind, payload in events:
         yield ServerSentEvent(event=kind, data=payload, id=entry_id)
 
@@ -150,7 +150,7 @@ async def cancel_job(job_id: str, request: Request, response: Response) -> JobRe
     running one answers 202 and stops at its next denoising step (follow its events for the
     final state); a finished one answers 409."""
     service = service_of(request)
-    view = await service.cancel(job_id, owner=owner_of(request))
+    view = await service.cancel(job_id, owner=request_owner(request))
     if not view.record.status.terminal:
         response.status_code = 202
     return job_response(view, LinksAt.of(request), service)
@@ -195,7 +195,7 @@ async def get_image(
     parameters in a `parameters` text chunk), JPEG or WebP. With presigned result URLs the
     job's `links.images` point into the object store instead."""
     service = service_of(request)
-    image = await service.image(job_id, index, owner=owner_of(request))
+    image = await service.image(job_id, index, owner=request_owner(request))
     # An image never changes, and is kept as long as its job.
     max_age = service.settings.result_ttl_s
     return Response(
