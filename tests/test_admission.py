@@ -163,6 +163,7 @@ def test_idempotent_retries_and_the_bound_through_the_api(tmp_path: Path, model_
         assert other.json()["error"]["field"] == "idempotency-key"
         bad = client.post("/v1/generate", json={"prompt": "x"}, headers={"Idempotency-Key": "a b"})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "idempotency-key"
+        assert "Idempotency-Key must be" in bad.json()["error"]["message"]
 
         def post(_: int) -> int:
             with httpx.Client(base_url=d.api.url, timeout=60) as c:

@@ -232,6 +232,20 @@ def test_invalid_bodies_answer_in_openais_error_shape(
 
 
 @pytest.mark.stack
+@pytest.mark.parametrize(
+    ("header", "value"), [("Idempotency-Key", "a b"), ("Prefer", "wait=301"), ("Prefer", "wait=x")]
+)
+def test_invalid_headers_answer_in_openais_error_shape(api: Api, header: str, value: str) -> None:
+    response = api.client.post(
+        "/v1/images/generations", json={"prompt": PROMPT}, headers={header: value}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", header.lower())
+    assert header in error["message"]
+
+
+@pytest.mark.stack
 def test_openai_shape_is_scoped_to_its_route(api: Api) -> None:
     not_json = api.client.post(
         "/v1/images/generations", content=b"{", headers={"content-type": "application/json"}

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Header, Request
+from fastapi import Request
 from starlette.applications import Starlette
 
 from common.jobstore import JobRecord
 from service.admission import IDEMPOTENCY_KEY
 from service.auth import request_owner
+from service.errors import InvalidParameter
 from service.schemas import JobLinks, JobResponse
 from service.service import GenerationService, JobView
 
@@ -26,18 +27,58 @@ def service_of(request: Request) -> GenerationService:
     return service
 
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        pattern=IDEMPOTENCY_KEY.pattern,
-        description=(
-            "Any unique string of 1..255 printable ASCII characters (a UUID, say). Retrying "
-            "with the same key and body within 24 h returns the job the first request "
-            "created instead of a second one; the same key with another body is refused "
-            "(422, `idempotency_key_reused`). Keys are scoped per API key."
-        ),
+@dataclass(frozen=True)
+class HeaderParam:
+    """An optional request header that a route reads itself, documented (in the route's
+    `openapi_extra`) exactly as FastAPI documents a declared `Header` parameter.
+
+    FastAPI solves declared header parameters anew on every request: the two of
+    POST /v1/generate cost it 8 % of its instructions (counted under callgrind).
+    """
+
+    name: str  # as on the wire, lower case
+    title: str
+    description: str
+    pattern: re.Pattern[str] | None = None
+    # What a value must be, said in the refusal of one that does not match `pattern`.
+    rule: str = ""
+
+    def read(self, request: Request) -> str | None:
+        value = request.headers.get(self.name)
+        if value is not None and self.pattern is not None and not self.pattern.fullmatch(value):
+            raise InvalidParameter(f"{self.title} must be {self.rule}", field=self.name)
+        return value
+
+    def openapi(self) -> dict[str, object]:
+        string: dict[str, object] = {"type": "string"}
+        if self.pattern is not None:
+            string["pattern"] = self.pattern.pattern
+        schema = {
+            "anyOf": [string, {"type": "null"}],
+            "description": self.description,
+            "title": self.title,
+        }
+        return {
+            "name": self.name,
+            "in": "header",
+            "required": False,
+            "schema": schema,
+            "description": self.description,
+        }
+
+
+IDEMPOTENCY_KEY_HEADER = HeaderParam(
+    "idempotency-key",
+    "Idempotency-Key",
+    (
+        "Any unique string of 1..255 printable ASCII characters (a UUID, say). Retrying "
+        "with the same key and body within 24 h returns the job the first request "
+        "created instead of a second one; the same key with another body is refused "
+        "(422, `idempotency_key_reused`). Keys are scoped per API key."
     ),
-]
+    IDEMPOTENCY_KEY,
+    "1 to 255 printable ASCII characters",
+)
 """The `Idempotency-Key` header of the routes that create a job."""
 
 

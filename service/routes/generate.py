@@ -1,14 +1,18 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from common.contract import GenerateRequest
 from service.auth import request_owner
 from service.openapi import error
 from service.params import parse_prefer_wait
-from service.routes.deps import IdempotencyKey, LinksAt, job_response, service_of
+from service.routes.deps import (
+    IDEMPOTENCY_KEY_HEADER,
+    HeaderParam,
+    LinksAt,
+    job_response,
+    service_of,
+)
 from service.schemas import EXAMPLE_JOB_URL, JobResponse
 from service.service import JobView
 from service.webhooks import accept_webhook
@@ -29,6 +33,13 @@ ACCEPTED_HEADERS = {
         "example": "wait=60",
     },
 }
+
+PREFER = HeaderParam(
+    "prefer",
+    "Prefer",
+    f"RFC 7240 preference `wait=N` (0..{PREFER_WAIT_MAX_S}): hold the response up to N seconds "
+    "and answer 200 with the finished job if it ends in time.",
+)
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 
@@ -69,21 +80,12 @@ router = APIRouter(prefix="/v1", tags=["generate"])
         ),
     },
     summary="Queue an image generation job",
+    openapi_extra={"parameters": [PREFER.openapi(), IDEMPOTENCY_KEY_HEADER.openapi()]},
 )
 async def generate(
     body: GenerateRequest,
     request: Request,
     response: Response,
-    prefer: Annotated[
-        str | None,
-        Header(
-            description=(
-                f"RFC 7240 preference `wait=N` (0..{PREFER_WAIT_MAX_S}): hold the response up to "
-                "N seconds and answer 200 with the finished job if it ends in time."
-            )
-        ),
-    ] = None,
-    idempotency_key: IdempotencyKey = None,
 ) -> JobResponse:
     """Validate a prompt job against its model's limits and queue it for that model.
 
@@ -93,7 +95,8 @@ async def generate(
     time (a failed generation is a job state, not an HTTP error).
     """
     service, owner = service_of(request), request_owner(request)
-    wait_s = parse_prefer_wait(prefer, PREFER_WAIT_MAX_S)
+    wait_s = parse_prefer_wait(PREFER.read(request), PREFER_WAIT_MAX_S)
+    idempotency_key = IDEMPOTENCY_KEY_HEADER.read(request)
     webhook = None
     if body.webhook is not None:
         webhook = await accept_webhook(body.webhook, service.settings, str(request.base_url))

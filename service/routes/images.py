@@ -6,9 +6,9 @@ import base64
 import logging
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
@@ -33,7 +33,13 @@ from service.openai_compat import (
     with_quality,
 )
 from service.params import parse_prefer_wait
-from service.routes.deps import IdempotencyKey, LinksAt, image_links, service_of
+from service.routes.deps import (
+    IDEMPOTENCY_KEY_HEADER,
+    HeaderParam,
+    LinksAt,
+    image_links,
+    service_of,
+)
 from service.service import GenerationService
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,13 @@ class OpenAIRoute(APIRoute):
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
+PREFER = HeaderParam(
+    "prefer",
+    "Prefer",
+    f"RFC 7240 `wait=N` (0..{WAIT_MAX_S}): wait at most N seconds for the job "
+    f"(default {WAIT_MAX_S}), then answer 504 naming it.",
+)
+
 ERROR_STATUSES: dict[int | str, str] = {
     400: "Invalid request: `param` names the field (`size` for the size, `model`...).",
     409: "The job was canceled while this request waited.",
@@ -115,21 +128,12 @@ async def image_data(
     response_model_exclude_none=True,
     responses=ERRORS,
     summary="OpenAI's image generation: a job, answered with its images once it ends",
+    openapi_extra={"parameters": [PREFER.openapi(), IDEMPOTENCY_KEY_HEADER.openapi()]},
 )
 async def create_image(
     body: ImageGenerationRequest,
     request: Request,
     response: Response,
-    prefer: Annotated[
-        str | None,
-        Header(
-            description=(
-                f"RFC 7240 `wait=N` (0..{WAIT_MAX_S}): wait at most N seconds for the job "
-                f"(default {WAIT_MAX_S}), then answer 504 naming it."
-            )
-        ),
-    ] = None,
-    idempotency_key: IdempotencyKey = None,
 ) -> ImagesResponse:
     """Generate images from OpenAI's Images API body (the official SDK's `images.generate`).
 
@@ -140,7 +144,8 @@ async def create_image(
     "code"}}`, with 400 for invalid input.
     """
     service, owner = service_of(request), request_owner(request)
-    wait_s = parse_prefer_wait(prefer, WAIT_MAX_S)
+    wait_s = parse_prefer_wait(PREFER.read(request), WAIT_MAX_S)
+    idempotency_key = IDEMPOTENCY_KEY_HEADER.read(request)
     try:
         record = await service.submit(
             to_generate_request(body),
