@@ -240,13 +240,15 @@ CREATE_FUNCTIONS = (
     + _lua_key_function("jobstore_key", keys.job)
     + """
 local function create_job()
-  redis.call('HSET', KEYS[1], 'status', QUEUED, 'params', ARGV[2], 'created_at', now())
+  local at = now()
+  redis.call('HSET', KEYS[1], 'status', QUEUED, 'params', ARGV[2], 'created_at', at)
   for field, value in pairs(cjson.decode(ARGV[4])) do
     redis.call('HSET', KEYS[1], field, value)
   end
   emit('status', {status = QUEUED})
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return at
 end
 """
 )
@@ -722,6 +724,27 @@ def decode_record(job_id: str, fields: Mapping[str, str]) -> JobRecord:
         attempts=int(fields.get("attempts", 0)),
         webhook=webhooks.decode_webhook(fields),
         owner=fields.get(OWNER_FIELD),
+    )
+
+
+def created_record(
+    job_id: str,
+    params: GenerateParams,
+    created_at: float,
+    webhook: webhooks.WebhookConfig | None = None,
+    *,
+    owner: str | None = None,
+) -> JobRecord:
+    """The record CREATE writes for `Transitions.create`'s arguments, as `decode_record` reads
+    it back, without reading it back: `created_at` is the time CREATE answers."""
+    return JobRecord(
+        id=job_id,
+        status=JobStatus.queued,
+        params=params,
+        created_at=created_at,
+        timings=Timings(),
+        webhook=None if webhook is None else webhooks.job_webhook(webhook),
+        owner=owner,
     )
 
 

@@ -224,13 +224,17 @@ def decode_claim(reply: list[object]) -> Claimed | None:
     return Claimed(int(str(reply[1])), WebhookConfig.model_validate_json(_text(reply[2])))
 
 
+def job_webhook(config: WebhookConfig) -> JobWebhook:
+    """A job's webhook as its record shows it before any event is delivered."""
+    return JobWebhook(url=config.url, events=config.events)
+
+
 def decode_webhook(fields: Mapping[str, str]) -> JobWebhook | None:
     """The job's webhook from its record's fields; None when it was created without one."""
     raw = fields.get(CONFIG_FIELD)
     if raw is None:
         return None
-    config = WebhookConfig.model_validate_json(raw)
-    hook = JobWebhook(url=config.url, events=config.events)
+    hook = job_webhook(WebhookConfig.model_validate_json(raw))
     if event := fields.get(EVENT_FIELD):
         last_status = fields.get(LAST_STATUS_FIELD + event)
         hook.event = JobStatus(event)

@@ -58,7 +58,8 @@ def _lua_constants() -> str:
 # idempotency ttl, body fingerprint, job id, model name, its record as validated against
 # ('': unchecked), the number of known models the choice assumed ('0': any), then RQ's
 # commands as service.rq_recording.RecordedCommands packs them: their sizes, their bytes.
-# Returns {verdict, job id or count}; "created" and "replayed" add the record's HGETALL.
+# Returns {verdict, job id or count}; "created" adds the record's creation time (the rest of the
+# record is the caller's own: common.jobstore.created_record), "replayed" the record's HGETALL.
 SUBMIT = (
     jobstore.CREATE_FUNCTIONS
     + _lua_constants()
@@ -92,7 +93,7 @@ if KEYS[5] ~= '' then
   redis.call('SADD', KEYS[5], job_id)
   redis.call('EXPIRE', KEYS[5], ARGV[3])
 end
-create_job()
+local created_at = create_job()
 if KEYS[4] ~= '' then
   redis.call('SET', KEYS[4], job_id .. '|' .. ARGV[8], 'EX', ARGV[7])
 end
@@ -108,7 +109,7 @@ while i <= #sizes do
   redis.call(unpack(command))
   i = i + sizes[i] + 1
 end
-return {CREATED, job_id, redis.call('HGETALL', KEYS[1])}
+return {CREATED, job_id, created_at}
 """
 )
 
@@ -187,12 +188,17 @@ def submit_call(
 class Verdict:
     admitted: Admitted
     detail: str
+    # The earlier job's record, when replayed (None: it has expired since).
     record: jobstore.JobRecord | None = None
+    # When created: the time it was, Redis' clock.
+    created_at: float | None = None
 
 
 def decode_verdict(reply: list[object]) -> Verdict:
     admitted = Admitted(str(reply[0]))
     detail = str(reply[1])
+    if admitted is Admitted.created:
+        return Verdict(admitted, detail, created_at=float(str(reply[2])))
     record = None
     if len(reply) > 2 and reply[2]:
         flat = [str(item) for item in reply[2]]  # type: ignore[attr-defined]

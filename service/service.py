@@ -12,7 +12,7 @@ import anyio
 from anyio import to_thread
 
 from common.contract import JOB_ID, GenerateRequest, JobStatus, ModelInfo
-from common.jobstore import WORKER_LOST, JobRecord
+from common.jobstore import WORKER_LOST, JobRecord, created_record
 from common.results import ResultStore, StoredImage
 from common.webhooks import WebhookConfig
 from service import admission
@@ -211,6 +211,8 @@ class GenerationService:
                 enqueue=enqueue[1],
             )
             verdict = await self.store.submit(call)
+            if verdict.admitted is admission.Admitted.created and verdict.created_at is not None:
+                return created_record(job_id, params, verdict.created_at, webhook, owner=owner)
             if verdict.admitted is not admission.Admitted.stale_model:
                 return self._admitted(verdict, model)
             await self.models.models(fresh=True)
@@ -227,9 +229,9 @@ class GenerationService:
         return await to_thread.run_sync(self.queue.enqueue_commands, job_id, model)
 
     def _admitted(self, verdict: admission.Verdict, model: str) -> JobRecord:
-        """The job SUBMIT created or replayed, or the refusal it answered."""
+        """The job SUBMIT replayed, or the refusal it answered."""
         match verdict.admitted:
-            case admission.Admitted.created | admission.Admitted.replayed:
+            case admission.Admitted.replayed:
                 if verdict.record is None:  # replayed, but that job has since expired
                     raise JobNotFound(
                         f"the job this Idempotency-Key created ({verdict.detail}) has expired"
@@ -253,8 +255,8 @@ class GenerationService:
                     "(SD3SERVE_MAX_QUEUED_JOBS_PER_KEY); retry once some have started",
                     retry_after_s=QUEUE_FULL_RETRY_S,
                 )
-            case admission.Admitted.stale_model:
-                raise AssertionError("submit retries a stale model record")
+            case admission.Admitted.created | admission.Admitted.stale_model:
+                raise AssertionError(f"submit handles {verdict.admitted} itself")
 
     async def _record(self, job_id: str, owner: str | None) -> JobRecord:
         """The job as the API key named `owner` may see it; None (the API has no keys): any.

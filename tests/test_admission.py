@@ -17,6 +17,8 @@ from rq.job import Job
 
 from common import keys
 from common.contract import GenerateParams, JobStatus, OutputFormat
+from common.jobstore import created_record, decode_record
+from common.webhooks import WebhookConfig
 from service import admission
 from service.admission import Admitted, Limits, Verdict
 from service.dev import publish_idle_model
@@ -39,6 +41,9 @@ PARAMS = GenerateParams(
     output_format=OutputFormat.png,
 )
 ROOMY = Limits(max_queued=1000, owner_cap=1000)
+HOOK = WebhookConfig(
+    url="https://hooks.example/x", events=[JobStatus.succeeded], base_url="http://api/"
+)
 
 
 @pytest.fixture
@@ -54,6 +59,7 @@ def submit(
     limits: Limits = ROOMY,
     owner: str | None = None,
     idempotency: tuple[str, str] | None = None,
+    webhook: WebhookConfig | None = None,
 ) -> Verdict:
     job_id = uuid.uuid4().hex
     with Redis.from_url(redis_url) as rq_redis:
@@ -63,7 +69,7 @@ def submit(
         redis = AsyncRedis.from_url(redis_url, decode_responses=True)
         try:
             store = ApiJobStore(redis, 3600)
-            create = store.transitions.create(job_id, PARAMS, owner=owner)
+            create = store.transitions.create(job_id, PARAMS, webhook, owner=owner)
             call = admission.submit_call(
                 create,
                 job_id=job_id,
@@ -80,13 +86,26 @@ def submit(
     return asyncio.run(go())
 
 
+@pytest.mark.parametrize("owner", [None, "alice"])
+@pytest.mark.parametrize("webhook", [None, HOOK])
+def test_the_created_record_is_the_one_redis_holds(
+    r: Redis, redis_url: str, owner: str | None, webhook: WebhookConfig | None
+) -> None:
+    # SUBMIT answers a created job with its creation time only; the API builds the rest.
+    verdict = submit(redis_url, owner=owner, webhook=webhook)
+    assert verdict.admitted is Admitted.created and verdict.created_at is not None
+    built = created_record(verdict.detail, PARAMS, verdict.created_at, webhook, owner=owner)
+    assert built == decode_record(verdict.detail, r.hgetall(keys.job(verdict.detail)))
+    assert built.status is JobStatus.queued and (built.webhook is None) is (webhook is None)
+
+
 def test_an_admitted_job_is_recorded_and_enqueued_as_rq_does(r: Redis, redis_url: str) -> None:
     before = datetime.now(UTC) - timedelta(seconds=1)
     verdicts = [submit(redis_url) for _ in range(3)]
     after = datetime.now(UTC) + timedelta(seconds=1)
     for verdict in verdicts:
-        assert verdict.admitted is Admitted.created and verdict.record is not None
-        assert verdict.record.status is JobStatus.queued and verdict.record.params == PARAMS
+        assert verdict.admitted is Admitted.created and verdict.created_at is not None
+        assert before.timestamp() < verdict.created_at < after.timestamp()
     ids = [verdict.detail for verdict in verdicts]
     assert r.lrange(keys.rq_queue(MODEL), 0, -1) == ids
     with Redis.from_url(redis_url) as raw:
