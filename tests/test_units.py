@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.requests import Request
 
 from common.contract import GenerateParams, GenerateRequest, ModelInfo, OutputFormat
 from common.gc_freeze import freeze_startup_objects
@@ -18,6 +19,7 @@ from common.jobstore import decode_record
 from service.client import output_paths
 from service.errors import InvalidParameter
 from service.params import parse_prefer_wait, resolve
+from service.routes.deps import LinksAt
 from worker.encode import encode, image_parameters
 from worker.metrics import JobLabels, resolution_label, steps_label
 
@@ -256,3 +258,22 @@ def test_freezing_collects_startup_garbage_then_exempts_what_lives() -> None:
         assert not any(obj is kept for obj in gc.get_objects())  # out of the collector's reach
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        {"headers": [(b"host", b"api.example:8000")], "server": ("10.0.0.1", 8000)},
+        {"scheme": "https", "headers": [], "server": ("10.0.0.1", 443)},
+        {"headers": [], "server": ("::1", 8000)},
+        {"headers": [(b"accept", b"*/*"), (b"host", b"h")], "root_path": "/api"},
+        {"headers": [(b"host", b"h")], "root_path": "/mount", "app_root_path": "/api/"},
+        {"headers": [(b"host", b"bad host:x")], "server": ["10.0.0.1", 8080]},
+        {"headers": []},
+    ],
+)
+def test_job_links_start_at_starlettes_base_url(parts: dict[str, object]) -> None:
+    scope = {"type": "http", "app": None, "path": "/v1/generate", "query_string": b"", **parts}
+    for _ in range(2):  # built, then cached
+        request = Request(scope)
+        assert LinksAt.of(request).base_url == str(request.base_url)
