@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from redis import Redis
-from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
@@ -23,6 +22,7 @@ from service.fanout import EventHub
 from service.metrics import HttpMetricsMiddleware
 from service.openapi import install_openapi, operation_id
 from service.queue import JobQueue, QueuePositions
+from service.redis_pool import BoundedConnectionPool
 from service.registry import ModelRegistry
 from service.routes import generate, health, images, jobs, models
 from service.service import GenerationService
@@ -64,7 +64,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = BlockingConnectionPool.from_url(
+        pool = BoundedConnectionPool.from_url(
             str(settings.redis_url),
             max_connections=REDIS_POOL_SIZE,
             timeout=REDIS_POOL_WAIT_S,

@@ -1,0 +1,103 @@
+"""service.redis_pool.BoundedConnectionPool against a real redis-server: the bound, the wait,
+and no slot lost to a failure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from service.dev import free_port
+from service.redis_pool import BoundedConnectionPool
+
+NAME = "bounded-pool-test"
+HOLD_S = 0.3  # how long each BLPOP holds its connection
+
+
+async def blocked(redis_url: str) -> None:
+    """Return once a connection of the pool under test is blocked in BLPOP (CLIENT LIST)."""
+    async with Redis.from_url(redis_url, decode_responses=True) as other:
+        while not any(
+            client["name"] == NAME and client["cmd"] == "blpop"
+            for client in await other.client_list()
+        ):
+            await asyncio.sleep(0.01)
+
+
+def test_callers_past_the_bound_wait_for_a_connection(redis_url: str) -> None:
+    bound, callers = 3, 10
+
+    async def go() -> tuple[list[object], int]:
+        pool = BoundedConnectionPool.from_url(
+            redis_url, max_connections=bound, timeout=30, client_name=NAME
+        )
+        redis = Redis(connection_pool=pool)
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            async with Redis.from_url(redis_url, decode_responses=True) as other:
+                while True:
+                    listed = await other.client_list()
+                    most = max(most, sum(1 for c in listed if c["name"] == NAME))
+                    await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            # Each holds its connection until BLPOP times out on an empty list.
+            results = await asyncio.gather(
+                *(redis.blpop([f"empty:{i}"], timeout=HOLD_S) for i in range(callers))
+            )
+        finally:
+            watcher.cancel()
+            await redis.aclose()
+            await pool.aclose()
+        return list(results), most
+
+    results, most = asyncio.run(go())
+    assert results == [None] * callers  # every caller got a connection in the end
+    assert most == bound  # the watcher saw the bound reached, never passed
+
+
+def test_a_caller_finding_no_connection_in_time_gets_a_connection_error(redis_url: str) -> None:
+    async def go() -> None:
+        pool = BoundedConnectionPool.from_url(
+            redis_url, max_connections=1, timeout=0.05, client_name=NAME
+        )
+        redis = Redis(connection_pool=pool)
+        try:
+
+            async def hold() -> object:
+                return await redis.blpop(["empty"], timeout=1)
+
+            holder = asyncio.create_task(hold())
+            await blocked(redis_url)  # the holder has the only connection
+            with pytest.raises(RedisConnectionError, match="No connection available"):
+                await redis.ping()
+            assert await holder is None
+            assert await redis.ping()  # its slot came back
+        finally:
+            await redis.aclose()
+            await pool.aclose()
+
+    asyncio.run(go())
+
+
+def test_failed_connects_give_their_slot_back() -> None:
+    dead = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+
+    async def go() -> None:
+        pool = BoundedConnectionPool.from_url(dead, max_connections=1, timeout=0.5)
+        redis = Redis(connection_pool=pool)
+        try:
+            for _ in range(3):  # a leaked slot would turn the second into a wait, then this:
+                with pytest.raises(RedisConnectionError) as caught:
+                    await redis.ping()
+                assert "No connection available" not in str(caught.value)
+        finally:
+            await redis.aclose()
+            await pool.aclose()
+
+    asyncio.run(go())
