@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import NamedTuple
 
+import pydantic_core
 from pydantic import BaseModel
 from rq.job import JobStatus as RqStatus
 
@@ -512,14 +513,15 @@ OWNER_FIELD = "owner"
 
 def creation_fields(
     *, retries: int, webhook: webhooks.WebhookConfig | None, owner: str | None
-) -> str:
+) -> bytes:
     """The record's fields besides status, params and creation time, as CREATE's JSON arg."""
     fields = {"retries": str(retries)}
     if webhook is not None:
         fields[webhooks.CONFIG_FIELD] = webhook.model_dump_json()
     if owner is not None:
         fields[OWNER_FIELD] = owner
-    return json.dumps(fields)
+    # pydantic-core's encoder, not json.dumps, for each POST: a fifth of the instructions.
+    return pydantic_core.to_json(fields)
 
 
 class ScriptCall(NamedTuple):
@@ -551,7 +553,8 @@ class Transitions:
         the API key that submitted it."""
         return self._call(
             job_id,
-            params.model_dump_json(),
+            # model_dump_json's own bytes, without its wrapper's keyword handling.
+            pydantic_core.to_json(params),
             self.ttl_s,
             creation_fields(retries=retries, webhook=webhook, owner=owner),
         )
@@ -612,7 +615,7 @@ class Transitions:
         return self._call(job_id, self.ttl_s)
 
     @staticmethod
-    def _call(job_id: str, *args: str | int) -> ScriptCall:
+    def _call(job_id: str, *args: str | int | bytes) -> ScriptCall:
         return ScriptCall(keys.script_keys(job_id), [EVENTS_MAXLEN, *args])
 
 

@@ -203,9 +203,14 @@ def test_transitions_build_keys_and_args_for_both_stores() -> None:
     expected_keys = keys.script_keys(job_id)
     assert t.create(job_id, PARAMS) == (
         expected_keys,
-        [EVENTS_MAXLEN, PARAMS.model_dump_json(), 90, '{"retries": "0"}'],  # none unless given
+        [
+            EVENTS_MAXLEN,
+            PARAMS.model_dump_json().encode(),
+            90,
+            b'{"retries":"0"}',
+        ],  # none unless given
     )
-    assert t.create(job_id, PARAMS, retries=2).args[-1] == '{"retries": "2"}'
+    assert t.create(job_id, PARAMS, retries=2).args[-1] == b'{"retries":"2"}'
     assert t.start(job_id) == (expected_keys, [EVENTS_MAXLEN])
     assert t.progress(job_id, 3, 8) == (expected_keys, [EVENTS_MAXLEN, 3, 8])
     assert t.cancel(job_id) == (expected_keys, [EVENTS_MAXLEN, 90])
