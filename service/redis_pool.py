@@ -1,10 +1,11 @@
 """The API's Redis connection pool: bounded, a caller past the bound waiting for a connection.
 
 redis-py's BlockingConnectionPool does that with an asyncio.Condition taken on every get and
-every release, and a timeout scope around every get: 57,000 instructions a command, a sixth
-of a whole script call (counted under callgrind), paid by every request whether or not any
-caller waits. Here the plain pool does the pooling and a semaphore holds the bound: taking a
-free slot costs next to nothing, and only a caller who finds none starts a timeout.
+every release, and a timeout scope around every get: 57,000 instructions a command more than
+its plain pool (counted under callgrind), paid by every request whether or not any caller
+waits. Here the plain pool does the pooling and a semaphore holds the bound: a free slot is
+taken without a wait, and only a caller who finds none starts a timeout. POST /v1/generate
+runs 2 % fewer instructions for it.
 """
 
 from __future__ import annotations
