@@ -95,7 +95,8 @@ def test_the_created_record_is_the_one_redis_holds(
     verdict = submit(redis_url, owner=owner, webhook=webhook)
     assert verdict.admitted is Admitted.created and verdict.created_at is not None
     built = created_record(verdict.detail, PARAMS, verdict.created_at, webhook, owner=owner)
-    assert built == decode_record(verdict.detail, r.hgetall(keys.job(verdict.detail)))
+    fields: dict[str, str] = r.hgetall(keys.job(verdict.detail))  # type: ignore[assignment]
+    assert built == decode_record(verdict.detail, fields)
     assert built.status is JobStatus.queued and (built.webhook is None) is (webhook is None)
 
 
