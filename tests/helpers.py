@@ -10,9 +10,27 @@ import httpx
 from httpx_sse import connect_sse
 from PIL import Image
 
+from common.contract import GenerateParams, OutputFormat
 from tests.harness import Api
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+def job_params(model: str = "m", **fields: Any) -> GenerateParams:
+    """A job's resolved parameters: one 64×64 PNG of prompt "p", 2 steps, guidance 1, seed 1,
+    on `model`; `fields` set any of them otherwise."""
+    defaults: dict[str, Any] = {
+        "prompt": "p",
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "guidance_scale": 1.0,
+        "seed": 1,
+        "num_images": 1,
+        "output_format": OutputFormat.png,
+    }
+    return GenerateParams(model=model, **(defaults | fields))
 
 
 def submit(api: Api, prefer: str | None = None, **body: Any) -> httpx.Response:

@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common.contract import GenerateParams, OutputFormat
+from common.contract import GenerateParams
 from common.settings import SettingsError, env_var, load_settings
+from tests.helpers import job_params
 from worker.pipeline import WarmPipeline
 from worker.settings import WorkerSettings, parse_sizes
 
@@ -23,17 +24,8 @@ ROOT = Path(__file__).parent.parent
 
 
 def params(size: int = 64, seed: int = 3) -> GenerateParams:
-    return GenerateParams(
-        model="tiny",
-        prompt="a red circle",
-        negative_prompt="",
-        width=size,
-        height=size,
-        steps=2,
-        guidance_scale=2.0,
-        seed=seed,
-        num_images=1,
-        output_format=OutputFormat.png,
+    return job_params(
+        "tiny", prompt="a red circle", width=size, height=size, guidance_scale=2.0, seed=seed
     )
 
 

@@ -16,7 +16,7 @@ from redis.asyncio import Redis as AsyncRedis
 from rq.job import Job
 
 from common import keys
-from common.contract import GenerateParams, JobStatus, OutputFormat
+from common.contract import JobStatus
 from common.jobstore import created_record, decode_record
 from common.webhooks import WebhookConfig
 from service import admission
@@ -25,21 +25,11 @@ from service.dev import publish_idle_model
 from service.queue import JobQueue
 from service.store import ApiJobStore
 from tests.harness import deployment, settings_env
+from tests.helpers import job_params
 from worker.store import WorkerJobStore
 
 MODEL = "m"
-PARAMS = GenerateParams(
-    model=MODEL,
-    prompt="p",
-    negative_prompt="",
-    width=64,
-    height=64,
-    steps=2,
-    guidance_scale=1.0,
-    seed=1,
-    num_images=1,
-    output_format=OutputFormat.png,
-)
+PARAMS = job_params(MODEL)
 ROOMY = Limits(max_queued=1000, owner_cap=1000)
 HOOK = WebhookConfig(
     url="https://hooks.example/x", events=[JobStatus.succeeded], base_url="http://api/"

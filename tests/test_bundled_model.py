@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.contract import GenerateParams, OutputFormat
+from tests.helpers import job_params
 from training.analyser import analyse
 from training.scenes import HELD_OUT, Background, Colour, Position, Scene, Shape, Size, caption
 from worker.pipeline import WarmPipeline
@@ -68,17 +68,14 @@ def test_the_image_shows_what_the_prompt_asks_for(
     bundled: WarmPipeline, scene: Scene, seed: int
 ) -> None:
     info = bundled.info
-    params = GenerateParams(
-        model=info.id,
+    params = job_params(
+        info.id,
         prompt=caption(scene),
-        negative_prompt="",
         width=info.default_width,
         height=info.default_height,
         steps=info.default_steps,
         guidance_scale=info.default_guidance_scale,
         seed=seed,
-        num_images=1,
-        output_format=OutputFormat.png,
     )
     (image,) = bundled.generate(params)
     reads = analyse(image).attributes()

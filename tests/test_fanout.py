@@ -13,25 +13,15 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from common import jobstore
-from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
+from common.contract import JobStatus, Timings
 from service.dev import publish_idle_model
 from service.fanout import EventHub
 from service.store import EventEntry
 from tests.harness import deployment, poll, settings_env
+from tests.helpers import job_params
 from worker.store import WorkerJobStore
 
-PARAMS = GenerateParams(
-    model="m",
-    prompt="p",
-    negative_prompt="",
-    width=64,
-    height=64,
-    steps=2,
-    guidance_scale=1.0,
-    seed=1,
-    num_images=1,
-    output_format=OutputFormat.png,
-)
+PARAMS = job_params("m")
 # Far longer than any wait below: a subscriber that depended on the reader's timeout to be
 # read would fail these tests rather than pass slowly.
 LONG_BLOCK_MS = 120_000

@@ -13,11 +13,11 @@ from redis import Redis
 from rq import Queue
 
 from common import jobstore, keys
-from common.contract import GENERATE_TASK, GenerateParams, OutputFormat
+from common.contract import GENERATE_TASK
 from common.jobstore import Transitions
 from service.dev import wait_until
 from tests.harness import TINY_MODEL, Api, Deployment
-from tests.helpers import events, fetch_image, submit, wait_final
+from tests.helpers import events, fetch_image, job_params, submit, wait_final
 
 pytestmark = pytest.mark.stack
 
@@ -211,18 +211,7 @@ def test_a_job_queued_with_its_id_as_argument_still_runs(live: Deployment) -> No
     """Jobs that API versions before service.rq_recording queued, with the job's id as the
     task's argument, are run by a newer worker: a rolling deploy upgrades workers first."""
     job_id = uuid.uuid4().hex
-    params = GenerateParams(
-        model=TINY_MODEL,
-        prompt="a green triangle",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=4.5,
-        seed=3,
-        num_images=1,
-        output_format=OutputFormat.png,
-    )
+    params = job_params(TINY_MODEL, prompt="a green triangle", guidance_scale=4.5, seed=3)
     with Redis.from_url(live.redis_url) as redis:
         call = Transitions(3600).create(job_id, params)
         redis.register_script(jobstore.CREATE)(keys=call.keys, args=call.args)

@@ -21,9 +21,10 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from common import jobstore, keys
-from common.contract import GenerateParams, JobStatus, OutputFormat, Progress, Timings
+from common.contract import JobStatus, Progress, Timings
 from common.jobstore import EVENTS_MAXLEN, JobRecord, Outcome, Transitions, decode_record
 from service.store import ApiJobStore, EventEntry
+from tests.helpers import job_params
 from worker.store import WorkerJobStore
 
 T = TypeVar("T")
@@ -33,17 +34,13 @@ API_TTL_S = 3600
 WORKER_TTL_S = 600
 RACES = 40  # jobs per hammered race
 
-PARAMS = GenerateParams(
-    model="sd3-scenes",
+PARAMS = job_params(
+    "sd3-scenes",
     prompt="a small red circle in the center on a white background",
-    negative_prompt="",
-    width=64,
-    height=64,
     steps=4,
     guidance_scale=2.0,
     seed=7,
     num_images=2,
-    output_format=OutputFormat.png,
 )
 TIMINGS = Timings(inference=1.5, encode=0.25)
 CANCELED_QUEUED = "canceled by the client before it started"

@@ -19,11 +19,12 @@ from PIL import Image
 from redis import Redis
 
 from common import keys
-from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
+from common.contract import JobStatus, Timings
 from common.jobstore import JobRecord
 from service.dev import model_record, publish_idle_model
 from service.openai_compat import JOB_ID_HEADER, quality_steps, unfinished_error
 from tests.harness import TINY_MODEL, Api, Deployment, deployment, poll
+from tests.helpers import job_params
 
 PROMPT = "a small red circle in the center on a white background"
 # The tiny model's default steps (tests/harness.py's model record says the same).
@@ -311,18 +312,7 @@ def test_unfinished_jobs_answer_with_their_id(idle: Deployment) -> None:
 
 
 def test_a_failed_job_is_a_server_error_with_its_reason() -> None:
-    params = GenerateParams(
-        model="m",
-        prompt=PROMPT,
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=1.0,
-        seed=1,
-        num_images=1,
-        output_format=OutputFormat.png,
-    )
+    params = job_params("m", prompt=PROMPT)
     record = JobRecord(
         id="a" * 32,
         status=JobStatus.failed,

@@ -17,11 +17,12 @@ import pytest
 from redis import Redis
 
 from common import jobstore, keys
-from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
+from common.contract import JobStatus, Timings
 from common.jobstore import Outcome, Steer, Transitions
 from service import dev
 from service.dev import Stack, free_port
 from tests.harness import poll
+from tests.helpers import job_params
 from worker.progress import ProgressReporter
 from worker.recovery import Outage, connect
 from worker.store import WorkerJobStore, new_worker_id
@@ -29,17 +30,12 @@ from worker.store import WorkerJobStore, new_worker_id
 TTL_S = 600
 NEVER_S = 3600.0  # an interval the reporter's thread never reaches within a test
 QUICK_S = 0.02
-PARAMS = GenerateParams(
-    model="sd3-scenes",
+PARAMS = job_params(
+    "sd3-scenes",
     prompt="a small red circle in the center on a white background",
-    negative_prompt="",
-    width=64,
-    height=64,
     steps=8,
     guidance_scale=2.0,
     seed=7,
-    num_images=1,
-    output_format=OutputFormat.png,
 )
 TRANSITIONS = Transitions(TTL_S)
 

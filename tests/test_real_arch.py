@@ -18,9 +18,10 @@ import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 from transformers import CLIPTextConfig, T5Config
 
-from common.contract import GenerateParams, ModelInfo, OutputFormat
+from common.contract import GenerateParams, ModelInfo
 from common.jobstore import Steer
 from service import cli
+from tests.helpers import job_params
 from worker import archs, metrics, pipeline, real_model
 from worker.runner import JobRunner
 from worker.settings import WorkerSettings
@@ -203,17 +204,13 @@ def small_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def params(info: ModelInfo, side: int, steps: int = 1) -> GenerateParams:
-    return GenerateParams(
-        model=info.id,
+    return job_params(
+        info.id,
         prompt="a red circle",
-        negative_prompt="",
         width=side,
         height=side,
         steps=steps,
         guidance_scale=info.default_guidance_scale,
-        seed=1,
-        num_images=1,
-        output_format=OutputFormat.png,
     )
 
 

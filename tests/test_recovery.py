@@ -30,7 +30,7 @@ from rq.job import Job
 from rq.job import JobStatus as RqStatus
 
 from common import jobstore, keys, workers
-from common.contract import GenerateParams, JobStatus, OutputFormat, Timings
+from common.contract import GenerateParams, JobStatus, Timings
 from common.jobstore import (
     CANCELED_RUNNING,
     EVENTS_MAXLEN,
@@ -43,6 +43,7 @@ from common.jobstore import (
 from common.results import open_result_store
 from service.dev import model_record
 from service.queue import JobQueue
+from tests.helpers import job_params
 from worker import metrics
 from worker.main import Heartbeat
 from worker.pipeline import BatchEmptied, BatchStepCallback
@@ -54,17 +55,11 @@ from worker.store import WorkerJobStore, new_worker_id
 TTL_S = 600
 SILENCE_S = 5.0
 RACES = 30  # jobs per hammered race
-PARAMS = GenerateParams(
-    model="sd3-scenes",
+PARAMS = job_params(
+    "sd3-scenes",
     prompt="a small red circle in the center on a white background",
-    negative_prompt="",
-    width=64,
-    height=64,
-    steps=2,
     guidance_scale=2.0,
     seed=7,
-    num_images=1,
-    output_format=OutputFormat.png,
 )
 MODEL = PARAMS.model
 CANCELED_QUEUED = "canceled by the client before it started"

@@ -13,13 +13,14 @@ import pytest
 from PIL import Image
 from starlette.requests import Request
 
-from common.contract import GenerateParams, GenerateRequest, ModelInfo, OutputFormat
+from common.contract import GenerateRequest, ModelInfo, OutputFormat
 from common.gc_freeze import freeze_startup_objects
 from common.jobstore import decode_record
 from service.client import output_paths
 from service.errors import InvalidParameter
 from service.params import parse_prefer_wait, resolve
 from service.routes.deps import LinksAt
+from tests.helpers import job_params
 from worker.encode import encode, image_parameters
 from worker.metrics import JobLabels, resolution_label, steps_label
 
@@ -219,17 +220,15 @@ def test_a_png_at_any_compress_level_keeps_the_pixels_and_the_recipe() -> None:
         0, 4, (96, 128, 3)
     )
     image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-    params = GenerateParams(
-        model="m",
+    params = job_params(
+        "m",
         prompt="a red circle",
-        negative_prompt="",
         width=128,
         height=96,
         steps=4,
         guidance_scale=4.5,
         seed=7,
         num_images=2,
-        output_format=OutputFormat.png,
     )
     recipe = image_parameters(params, 1)
     assert recipe["seed"] == 8

@@ -31,9 +31,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from common import keys, webhooks
 from common.contract import (
-    GenerateParams,
     JobStatus,
-    OutputFormat,
     WebhookRequest,
     WebhookState,
 )
@@ -62,6 +60,7 @@ from tests.harness import (
     start_worker,
     worker_count,
 )
+from tests.helpers import job_params
 
 SECRET = "whsec_" + base64.b64encode(b"sd3-serve webhook test secret, 32b").decode()
 MAX_ATTEMPTS = 4
@@ -427,18 +426,7 @@ def test_a_webhook_without_a_secret_is_refused(no_secret: Api) -> None:
 
 # ---- the Redis side: the transitions owe deliveries, and claims survive their sender ----
 
-PARAMS = GenerateParams(
-    model="sd3-scenes",
-    prompt="a small red circle",
-    negative_prompt="",
-    width=64,
-    height=64,
-    steps=2,
-    guidance_scale=2.0,
-    seed=7,
-    num_images=1,
-    output_format=OutputFormat.png,
-)
+PARAMS = job_params("sd3-scenes", prompt="a small red circle", guidance_scale=2.0, seed=7)
 BASE = "http://api.example/"
 
 
