@@ -69,13 +69,16 @@ SUBMIT = (
 local sizes = {}
 for size in string.gmatch(ARGV[5], '%d+') do sizes[#sizes + 1] = tonumber(size) end
 local at = 1
-local function take(size)
-  local value = string.sub(ARGV[6], at, at + size - 1)
-  at = at + size
-  return value
+-- The values of the group whose count is sizes[i], and the index of the next group's count.
+local function group(i)
+  local values = {}
+  for j = 1, sizes[i] do
+    values[j] = string.sub(ARGV[6], at, at + sizes[i + j] - 1)
+    at = at + sizes[i + j]
+  end
+  return values, i + sizes[i] + 1
 end
-local gate = {}
-for i = 1, sizes[1] do gate[i] = take(sizes[1 + i]) end
+local gate, next_group = group(1)
 local max_queued, owner_cap, idempotency_ttl = gate[1], gate[2], gate[3]
 local fingerprint, job_id, model, record, known = gate[4], gate[5], gate[6], gate[7], gate[8]
 if KEYS[4] ~= '' then
@@ -109,13 +112,11 @@ local created_at = create_job()
 if KEYS[4] ~= '' then
   redis.call('SET', KEYS[4], job_id .. '|' .. fingerprint, 'EX', idempotency_ttl)
 end
--- RQ's commands: each its argument count, then its arguments.
-local i = sizes[1] + 2
-while i <= #sizes do
-  local command = {}
-  for j = 1, sizes[i] do command[j] = take(sizes[i + j]) end
+-- RQ's commands, a group each.
+while next_group <= #sizes do
+  local command
+  command, next_group = group(next_group)
   redis.call(unpack(command))
-  i = i + sizes[i] + 1
 end
 return {CREATED, job_id, created_at}
 """
@@ -181,7 +182,7 @@ def submit_call(
             0 if check is None else check.known,
         )
     ]
-    sizes = " ".join([str(len(gates)), *(str(len(gate)) for gate in gates), enqueue.sizes])
+    packed = enqueue.preceded_by(gates)
     return jobstore.ScriptCall(
         [
             *create.keys,
@@ -190,7 +191,7 @@ def submit_call(
             keys.owner_queued(owner) if owner else "",
             keys.MODELS,
         ],
-        [*create.args, sizes, b"".join(gates) + enqueue.data],
+        [*create.args, packed.sizes, packed.data],
     )
 
 

@@ -61,6 +61,12 @@ class RecordedCommands(NamedTuple):
             parts.extend(encoded)
         return cls(" ".join(map(str, sizes)), b"".join(parts))
 
+    def preceded_by(self, values: list[bytes]) -> RecordedCommands:
+        """These commands with `values` packed before them as one more group, for a script
+        to read before it runs the commands."""
+        sizes = " ".join([str(len(values)), *(str(len(value)) for value in values), self.sizes])
+        return RecordedCommands(sizes, b"".join(values) + self.data)
+
 
 @dataclass(frozen=True)
 class Recording:

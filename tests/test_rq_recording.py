@@ -101,3 +101,9 @@ def test_the_times_are_rqs_format_of_now() -> None:
     assert set(times) == set(TIME_FIELDS)
     at = datetime.strptime(times["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert abs(at - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_values_packed_before_the_commands_are_one_more_group() -> None:
+    commands = RecordedCommands("2 3 1", b"SETk")  # one command: SET k
+    packed = commands.preceded_by([b"x", b"", b"yz"])
+    assert packed == RecordedCommands("3 1 0 2 2 3 1", b"xyzSETk")
