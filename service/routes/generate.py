@@ -97,9 +97,10 @@ async def generate(
     service, owner = service_of(request), request_owner(request)
     wait_s = parse_prefer_wait(PREFER.read(request), PREFER_WAIT_MAX_S)
     idempotency_key = IDEMPOTENCY_KEY_HEADER.read(request)
+    links = LinksAt.of(request)
     webhook = None
     if body.webhook is not None:
-        webhook = await accept_webhook(body.webhook, service.settings, str(request.base_url))
+        webhook = await accept_webhook(body.webhook, service.settings, links.base_url)
     record = await service.submit(
         body, webhook=webhook, owner=owner, idempotency_key=idempotency_key
     )
@@ -110,6 +111,6 @@ async def generate(
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if view.record.status.terminal:
             response.status_code = 200
-    job = job_response(view, LinksAt.of(request), service)
+    job = job_response(view, links, service)
     response.headers["Location"] = job.links.self
     return job
