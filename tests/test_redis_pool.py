@@ -101,3 +101,44 @@ def test_failed_connects_give_their_slot_back() -> None:
             await pool.aclose()
 
     asyncio.run(go())
+
+
+def test_a_connection_given_back_with_a_reply_unread_is_not_handed_out_so(redis_url: str) -> None:
+    # redis-py's own pool fails this: its check is skipped under its default "auto"
+    # maintenance notifications.
+    async def go() -> None:
+        pool = BoundedConnectionPool.from_url(
+            redis_url, max_connections=1, timeout=0.5, decode_responses=True
+        )
+        redis = Redis(connection_pool=pool)
+        try:
+            connection = await pool.get_connection()
+            await connection.send_command("ECHO", "stale")  # its reply is never read
+            while not await connection.can_read():  # until the reply has arrived
+                await asyncio.sleep(0.001)
+            await pool.release(connection)
+            assert await redis.echo("fresh") == "fresh"  # not the stale reply
+            assert await redis.echo("again") == "again"
+        finally:
+            await redis.aclose()
+            await pool.aclose()
+
+    asyncio.run(go())
+
+
+def test_one_connection_serves_callers_in_turn(redis_url: str) -> None:
+    async def go() -> int:
+        pool = BoundedConnectionPool.from_url(
+            redis_url, max_connections=4, timeout=0.5, client_name=NAME
+        )
+        redis = Redis(connection_pool=pool)
+        try:
+            for i in range(5):
+                await redis.set(f"k{i}", i)
+            async with Redis.from_url(redis_url, decode_responses=True) as other:
+                return sum(1 for c in await other.client_list() if c["name"] == NAME)
+        finally:
+            await redis.aclose()
+            await pool.aclose()
+
+    assert asyncio.run(go()) == 1
