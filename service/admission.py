@@ -66,8 +66,8 @@ SUBMIT = (
     jobstore.CREATE_FUNCTIONS
     + _lua_constants()
     + """
-local sizes = {}
-for size in string.gmatch(ARGV[5], '%d+') do sizes[#sizes + 1] = tonumber(size) end
+-- One C call: a Lua loop over the numbers took a fifth of the script's time in Redis.
+local sizes = cjson.decode('[' .. ARGV[5] .. ']')
 local at = 1
 -- The values of the group whose count is sizes[i], and the index of the next group's count.
 local function group(i)

@@ -33,7 +33,8 @@ TEMPLATE_TRIES = 3
 class RecordedCommands(NamedTuple):
     """Redis commands packed in two strings, for a script to run (service.admission.SUBMIT):
     `sizes`, per command, its argument count then each argument's length in bytes, separated by
-    spaces; `data`, the arguments' bytes back to back.
+    commas (a JSON array once bracketed: Lua reads it with one cjson.decode); `data`, the
+    arguments' bytes back to back.
 
     Two script arguments instead of one per command argument: redis-py encodes and frames each
     argument in Python, and RQ's enqueue of one job has about fifty.
@@ -59,13 +60,15 @@ class RecordedCommands(NamedTuple):
             sizes.append(len(encoded))
             sizes.extend(map(len, encoded))
             parts.extend(encoded)
-        return cls(" ".join(map(str, sizes)), b"".join(parts))
+        return cls(",".join(map(str, sizes)), b"".join(parts))
 
     def preceded_by(self, values: list[bytes]) -> RecordedCommands:
         """These commands with `values` packed before them as one more group, for a script
         to read before it runs the commands."""
-        sizes = " ".join([str(len(values)), *(str(len(value)) for value in values), self.sizes])
-        return RecordedCommands(sizes, b"".join(values) + self.data)
+        sizes = [str(len(values)), *(str(len(value)) for value in values)]
+        if self.sizes:
+            sizes.append(self.sizes)
+        return RecordedCommands(",".join(sizes), b"".join(values) + self.data)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ the commands, is tests/test_admission.py's."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -104,6 +105,10 @@ def test_the_times_are_rqs_format_of_now() -> None:
 
 
 def test_values_packed_before_the_commands_are_one_more_group() -> None:
-    commands = RecordedCommands("2 3 1", b"SETk")  # one command: SET k
+    commands = RecordedCommands("2,3,1", b"SETk")  # one command: SET k
     packed = commands.preceded_by([b"x", b"", b"yz"])
-    assert packed == RecordedCommands("3 1 0 2 2 3 1", b"xyzSETk")
+    assert packed == RecordedCommands("3,1,0,2,2,3,1", b"xyzSETk")
+    # Before no commands too, the sizes stay a JSON array once bracketed, as the script reads
+    # them.
+    alone = RecordedCommands("", b"").preceded_by([b"x"])
+    assert json.loads(f"[{alone.sizes}]") == [1, 1]
