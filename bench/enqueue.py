@@ -21,11 +21,12 @@ and the API alone is measured. Then, for that stack:
    validating the same body and making one script call). Each load also prints the server's
    CPU time per request answered, read from /proc, and with the floor the ratio of the two:
    on a shared machine whose speed drifts, CPU per request says more than a rate, and the
-   ratio, measured side by side, says what part of the cost is the service's own.
+   ratio, measured side by side, says what part of the cost is the service's own. Beside it,
+   Redis's CPU and this client's per request: on a small machine the three share the cores.
 
-The client is a minimal HTTP/1.1 one on asyncio streams (keep-alive connections, no parsing
-beyond the status line and Content-Length), so that on a small machine the client's own cost
-takes as little as possible from the server it shares the CPUs with.
+The client is a minimal HTTP/1.1 one on asyncio streams over uvloop (keep-alive connections,
+no parsing beyond the status line and Content-Length), so that on a small machine the client's
+own cost takes as little as possible from the server it shares the CPUs with.
 
     .venv/bin/python bench/enqueue.py [--seconds 10] [--rates 500,1000,1500]
         [--api-workers 1,2] [--connections 64] [--floor]
@@ -42,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +52,7 @@ from pathlib import Path
 
 import floor_app  # beside this file: run as a script, bench/ is on the path
 import httpx
+import uvloop
 from redis import Redis
 
 from common import keys
@@ -269,17 +272,35 @@ def _cmdline(pid: int) -> str:
 
 
 @dataclass
+class Cpu:
+    """CPU time per request answered, in seconds: the server's, Redis's and this client's,
+    who share the machine's cores."""
+
+    server: float
+    redis: float
+    client: float
+
+
+@dataclass
 class Server:
-    """An HTTP server under load: its client, and the processes whose CPU it is charged."""
+    """An HTTP server under load: its client, the processes whose CPU it is charged, and the
+    Redis it uses."""
 
     client: Client
     pids: list[int]
+    redis_pid: int
 
-    async def open_loop(self, raw: bytes, rate: float, seconds: float) -> tuple[OpenLoop, float]:
-        """The run, and the server's CPU time per request answered, in seconds."""
-        before = _cpu_s(self.pids)
+    async def open_loop(self, raw: bytes, rate: float, seconds: float) -> tuple[OpenLoop, Cpu]:
+        """The run, and the CPU time it took per request answered."""
+        pids = [*self.pids, self.redis_pid]
+        before = [_cpu_s([pid]) for pid in pids], time.process_time()
         run = await open_loop(self.client, raw, rate, seconds)
-        return run, (_cpu_s(self.pids) - before) / max(1, sum(run.answers.values()))
+        after = [_cpu_s([pid]) for pid in pids], time.process_time()
+        used = [b - a for a, b in zip(before[0], after[0], strict=True)]
+        answered = max(1, sum(run.answers.values()))
+        return run, Cpu(
+            sum(used[:-1]) / answered, used[-1] / answered, (after[1] - before[1]) / answered
+        )
 
 
 def start_floor(stack: Stack, redis_url: str, api_workers: int) -> str:
@@ -307,7 +328,7 @@ def _client(url: str, connections: int) -> Client:
     return Client(host, int(port), connections)
 
 
-def open_loop_line(name: str, run: OpenLoop, cpu_s: float) -> str:
+def open_loop_line(name: str, run: OpenLoop, cpu: Cpu) -> str:
     answered = sum(run.answers.values()) / run.wall_s
     lat = run.latencies
     p50 = f"{percentile(lat, 0.5) * 1000:.1f}" if lat else "-"
@@ -317,7 +338,8 @@ def open_loop_line(name: str, run: OpenLoop, cpu_s: float) -> str:
         f"{name} open loop at {run.rate:g}/s for {run.seconds:g} s: {answered:.0f} "
         f"answered/s, p50 {p50} ms, p99 {p99} ms, client start lag max "
         f"{run.lag_s * 1000:.0f} ms, other answers: {others or 'none'}; "
-        f"server CPU {cpu_s * 1000:.2f} ms per request"
+        f"server CPU {cpu.server * 1000:.2f} ms per request (Redis {cpu.redis * 1000:.2f}, "
+        f"this client {cpu.client * 1000:.2f})"
     )
     return line
 
@@ -326,11 +348,12 @@ async def measure(
     args: argparse.Namespace, stack: Stack, redis_url: str, url: str, floor_url: str | None
 ) -> list[str]:
     client = _client(url, args.connections)
-    api = Server(client, _workers(stack, "api"))
+    redis_pid = next(process.pid for name, process in stack.children if name == "redis")
+    api = Server(client, _workers(stack, "api"), redis_pid)
     post = client.request_bytes("POST", "/v1/generate", BODY)
     floor = None
     if floor_url:
-        floor = Server(_client(floor_url, args.connections), _workers(stack, "floor"))
+        floor = Server(_client(floor_url, args.connections), _workers(stack, "floor"), redis_pid)
     lines = []
     try:
         # Warm: every process has loaded its scripts and met the model once.
@@ -383,7 +406,8 @@ async def measure(
             if floor is not None:
                 run, least = await floor.open_loop(post, rate, args.seconds)
                 lines.append(open_loop_line("floor POST", run, least))
-                lines.append(f"  the API's CPU per request: {ours / least:.2f}x the floor's")
+                ratio = ours.server / least.server
+                lines.append(f"  the API's CPU per request: {ratio:.2f}x the floor's")
 
     finally:
         await client.close()
@@ -420,7 +444,7 @@ def main() -> int:
             redis_url, url = start_stack(stack, work, api_workers)
             floor_url = start_floor(stack, redis_url, api_workers) if args.floor else None
             print(f"\nSD3SERVE_API_WORKERS={api_workers}", flush=True)
-            for line in asyncio.run(measure(args, stack, redis_url, url, floor_url)):
+            for line in uvloop.run(measure(args, stack, redis_url, url, floor_url)):
                 print("  " + line, flush=True)
             # The metrics of every process, summed: the POSTs above, from any process.
             page = httpx.get(f"{url}/metrics").text
