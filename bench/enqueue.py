@@ -24,9 +24,10 @@ and the API alone is measured. Then, for that stack:
    ratio, measured side by side, says what part of the cost is the service's own. Beside it,
    Redis's CPU and this client's per request: on a small machine the three share the cores.
 
-The client is a minimal HTTP/1.1 one on asyncio streams over uvloop (keep-alive connections,
-no parsing beyond the status line and Content-Length), so that on a small machine the client's
-own cost takes as little as possible from the server it shares the CPUs with.
+The client is a minimal HTTP/1.1 one on asyncio protocols over uvloop (keep-alive
+connections, no parsing beyond the status line and Content-Length, callbacks rather than a task
+per request), so that on a small machine the client's own cost takes as little as possible from
+the server it shares the CPUs with.
 
     .venv/bin/python bench/enqueue.py [--seconds 10] [--rates 500,1000,1500]
         [--api-workers 1,2] [--connections 64] [--floor]
@@ -44,9 +45,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,13 +113,70 @@ def top_level_commands(redis_url: str) -> Iterator[Callable[[], int]]:
         thread.join(30)
 
 
+Answer = tuple[int, bytes] | BaseException
+"""A request's status and body, or why it got none."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, a request at a time: it reads no more of an answer
+    than its status line and Content-Length, and calls back once the body is in."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.done: Callable[[Answer], None] | None = None
+        self.idle_since = 0.0
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, raw: bytes, done: Callable[[Answer], None]) -> None:
+        assert self.transport is not None
+        self.done = done
+        self.transport.write(raw)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if len(self.buffer) < end + 4 + length:
+            return
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        done, self.done = self.done, None
+        if done is not None:
+            done((int(head[9:12]), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        done, self.done = self.done, None
+        if done is not None:
+            done(exc or ConnectionResetError("the server closed the connection"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class Client:
-    """HTTP/1.1 over keep-alive connections: a request's status and body, nothing more."""
+    """HTTP/1.1 over at most `limit` keep-alive connections, callback-driven so that a request
+    costs this process no task of its own: a request finding every connection busy waits its
+    turn, first come first served."""
 
     def __init__(self, host: str, port: int, limit: int) -> None:
         self.host, self.port = host, port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
-        self.slots = asyncio.Semaphore(limit)
+        self.limit = limit
+        self.idle: list[_Connection] = []
+        self.dialled = 0  # connections open or opening
+        self.waiting: deque[tuple[bytes, Callable[[Answer], None]]] = deque()
+        self.dials: set[asyncio.Task[None]] = set()
 
     def request_bytes(self, method: str, path: str, body: bytes = b"") -> bytes:
         head = f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
@@ -126,37 +184,70 @@ class Client:
             head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
         return head.encode() + b"\r\n" + body
 
+    def request(self, raw: bytes, done: Callable[[Answer], None]) -> None:
+        """Send `raw` on a free connection, or once one is free; `done` gets the answer."""
+        loop = asyncio.get_running_loop()
+        while self.idle:
+            conn = self.idle.pop()
+            if loop.time() - conn.idle_since < KEEPALIVE_S and not conn.lost:
+                conn.send(raw, self._then(conn, done))
+                return
+            self._drop(conn)
+        if self.dialled < self.limit:
+            self._start_dial(raw, done)
+        else:
+            self.waiting.append((raw, done))
+
     async def send(self, raw: bytes) -> tuple[int, bytes]:
-        async with self.slots:
-            loop = asyncio.get_running_loop()
-            conn = None
-            while self.idle and conn is None:
-                reader, writer, since = self.idle.pop()
-                if loop.time() - since < KEEPALIVE_S:
-                    conn = reader, writer
-                else:
-                    writer.close()
-            if conn is None:
-                conn = await asyncio.open_connection(self.host, self.port)
-            reader, writer = conn
-            try:
-                writer.write(raw)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length)
-            except BaseException:
-                writer.close()
-                raise
-            self.idle.append((reader, writer, loop.time()))
-            return status, body
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.request(raw, answer.set_result)
+        result = await answer
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _start_dial(self, raw: bytes, done: Callable[[Answer], None]) -> None:
+        self.dialled += 1
+        task = asyncio.get_running_loop().create_task(self._dial(raw, done))
+        self.dials.add(task)
+        task.add_done_callback(self.dials.discard)
+
+    async def _dial(self, raw: bytes, done: Callable[[Answer], None]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(_Connection, self.host, self.port)
+        except OSError as exc:
+            self.dialled -= 1
+            done(exc)
+            return
+        conn.send(raw, self._then(conn, done))
+
+    def _then(self, conn: _Connection, done: Callable[[Answer], None]) -> Callable[[Answer], None]:
+        def finished(answer: Answer) -> None:
+            if isinstance(answer, BaseException):
+                self._drop(conn)
+            elif self.waiting:
+                conn.send(*self._next(conn))
+            else:
+                conn.idle_since = asyncio.get_running_loop().time()
+                self.idle.append(conn)
+            done(answer)
+
+        return finished
+
+    def _next(self, conn: _Connection) -> tuple[bytes, Callable[[Answer], None]]:
+        raw, done = self.waiting.popleft()
+        return raw, self._then(conn, done)
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        self.dialled -= 1
+        if self.waiting and self.dialled < self.limit:  # a connection's turn freed up
+            self._start_dial(*self.waiting.popleft())
 
     async def close(self) -> None:
-        for _, writer, _ in self.idle:
-            writer.close()
+        for conn in self.idle:
+            conn.close()
         self.idle.clear()
 
 
@@ -178,29 +269,36 @@ class OpenLoop:
 async def open_loop(client: Client, raw: bytes, rate: float, seconds: float) -> OpenLoop:
     result = OpenLoop(rate, seconds)
     loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def one(at: float) -> None:
-        try:
-            status, _ = await client.send(raw)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            result.answers[type(exc).__name__] += 1
-            return
-        result.answers[str(status)] += 1
-        if status == 202:
-            result.latencies.append(loop.time() - at)
-
     total = round(rate * seconds)
+    all_done: asyncio.Future[None] = loop.create_future()
+    pending = total
+
+    def fire(at: float) -> None:
+        result.lag_s = max(result.lag_s, loop.time() - at)
+
+        def done(answer: Answer) -> None:
+            nonlocal pending
+            if isinstance(answer, BaseException):
+                result.answers[type(answer).__name__] += 1
+            else:
+                result.answers[str(answer[0])] += 1
+                if answer[0] == 202:
+                    result.latencies.append(loop.time() - at)
+            pending -= 1
+            if pending == 0 and not all_done.done():
+                all_done.set_result(None)
+
+        client.request(raw, done)
+
+    # Each request at its own time, whether or not earlier ones were answered: call_at, not a
+    # task per request, so that the client costs the machine little.
     start = loop.time() + 0.1
     for i in range(total):
         at = start + i / rate
-        await asyncio.sleep(max(0.0, at - loop.time()))
-        result.lag_s = max(result.lag_s, loop.time() - at)
-        task = asyncio.create_task(one(at))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(set(tasks), timeout=60)
+        loop.call_at(at, fire, at)
+    if total:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(all_done), seconds + 60)
     result.wall_s = loop.time() - start
     return result
 
