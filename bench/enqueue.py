@@ -217,7 +217,7 @@ class Client:
         try:
             _, conn = await loop.create_connection(_Connection, self.host, self.port)
         except OSError as exc:
-            self.dialled -= 1
+            self._freed()
             done(exc)
             return
         conn.send(raw, self._then(conn, done))
@@ -241,8 +241,12 @@ class Client:
 
     def _drop(self, conn: _Connection) -> None:
         conn.close()
+        self._freed()
+
+    def _freed(self) -> None:
+        """A connection closed, or never opened: a request waiting for one gets its turn."""
         self.dialled -= 1
-        if self.waiting and self.dialled < self.limit:  # a connection's turn freed up
+        if self.waiting and self.dialled < self.limit:
             self._start_dial(*self.waiting.popleft())
 
     async def close(self) -> None:
