@@ -12,6 +12,9 @@ for: an asyncio.Lock around code with no await in it, four calls into redis-py's
 OpenTelemetry recorder, and an event dispatched on release for streaming credential
 providers. POST /v1/generate runs 6.5 % fewer instructions for the two changes
 (bench/instructions.py: 4.5 % for this one).
+
+Its connections pack commands with hiredis, as redis-py's synchronous ones do by default:
+4.7 % fewer instructions again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from typing import Any
 
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.utils import HIREDIS_AVAILABLE
+
+_HIREDIS = HiredisRespSerializer()
 
 
 class BoundedConnectionPool(ConnectionPool):
@@ -33,6 +40,14 @@ class BoundedConnectionPool(ConnectionPool):
         super().__init__(max_connections=max_connections, **kwargs)
         self.timeout = timeout
         self._slots = asyncio.Semaphore(max_connections)
+
+    def make_connection(self) -> AbstractConnection:
+        connection: AbstractConnection = super().make_connection()  # type: ignore[no-untyped-call]
+        if HIREDIS_AVAILABLE:
+            # redis-py's asyncio connections pack each command in Python; its synchronous ones
+            # pack them with hiredis, byte for byte the same. Here the asyncio ones do too.
+            connection.pack_command = _HIREDIS.pack  # type: ignore[method-assign,assignment]
+        return connection
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         if self._slots.locked():
@@ -46,7 +61,7 @@ class BoundedConnectionPool(ConnectionPool):
         try:
             connection = self._available_connections.pop()
         except IndexError:
-            connection = self.make_connection()  # type: ignore[no-untyped-call]
+            connection = self.make_connection()
         self._in_use_connections.add(connection)
         try:
             await connection.connect()  # type: ignore[no-untyped-call]  # new, or lost its server

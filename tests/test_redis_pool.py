@@ -4,9 +4,13 @@ and no slot lost to a failure."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from redis._parsers import Encoder
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.connection import HiredisRespSerializer as Hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.dev import free_port
@@ -142,3 +146,49 @@ def test_one_connection_serves_callers_in_turn(redis_url: str) -> None:
             await pool.aclose()
 
     assert asyncio.run(go()) == 1
+
+
+VALUES: list[bytes | str | int | float] = [
+    b"\x00\xff\r\n",
+    "é☃",
+    12345678901234567890,
+    -7,
+    0.1,
+    1e20,
+    -0.0,
+    1 / 3,
+    "",
+    b"x" * 100_000,  # redis-py's own packing cuts it into chunks
+]
+
+
+def test_its_connections_pack_commands_as_redis_py_does_and_redis_reads_them(
+    redis_url: str,
+) -> None:
+    async def go() -> list[Any]:
+        pool = BoundedConnectionPool.from_url(redis_url, max_connections=2, timeout=0.5)
+        redis = Redis(connection_pool=pool)
+        try:
+            connection = await pool.get_connection()
+            try:
+                # Packed by hiredis, not by redis-py's asyncio connection, in Python.
+                assert isinstance(getattr(connection.pack_command, "__self__", None), Hiredis)
+                python = Connection()
+                for command in [("SET", "k", value) for value in VALUES] + [
+                    ("CONFIG GET", "maxmemory"),
+                    ("EVALSHA", "f" * 40, 2, "a", "b", *VALUES),
+                ]:
+                    packed = b"".join(connection.pack_command(*command))
+                    assert packed == b"".join(python.pack_command(*command)), command
+            finally:
+                await pool.release(connection)
+            for i, value in enumerate(VALUES):
+                await redis.set(f"packed:{i}", value)
+            return [await redis.get(f"packed:{i}") for i in range(len(VALUES))]
+        finally:
+            await redis.aclose()
+            await pool.aclose()
+
+    # What redis-py's own encoder makes of each value, without hiredis.
+    encoder = Encoder("utf-8", "strict", decode_responses=False)  # type: ignore[no-untyped-call]
+    assert asyncio.run(go()) == [encoder.encode(value) for value in VALUES]  # type: ignore[no-untyped-call]
