@@ -201,7 +201,12 @@ class Client:
 
     async def send(self, raw: bytes) -> tuple[int, bytes]:
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self.request(raw, answer.set_result)
+
+        def settle(result: Answer) -> None:
+            if not answer.done():  # its awaiter may have been canceled meanwhile
+                answer.set_result(result)
+
+        self.request(raw, settle)
         result = await answer
         if isinstance(result, BaseException):
             raise result
