@@ -74,6 +74,10 @@ class WarmWorker(SimpleWorker):
     def stop_requested(self) -> bool:
         return self._stop_requested
 
+    def listen_for_stop(self) -> None:
+        """From now on SIGTERM and SIGINT request a stop (RQ's handlers, `_shutdown`)."""
+        self._install_signal_handlers()  # type: ignore[no-untyped-call]
+
     def serve(self, logging_level: str = "WARNING") -> None:
         """RQ's job loop (`work`), resumed after every Redis outage until a stop is requested.
 
@@ -85,7 +89,7 @@ class WarmWorker(SimpleWorker):
         """
         for logger in ("rq.worker", "rq.job"):
             setup_loghandlers(logging_level, name=logger)
-        self._install_signal_handlers()  # type: ignore[no-untyped-call]
+        self.listen_for_stop()
         registered = False
         in_hand: str | None = None
         delay = RETRY_FIRST_S
@@ -471,6 +475,9 @@ def run(settings: WorkerSettings) -> None:
     through_outage(publish, outage)
     housekeeping = Housekeeping(settings, reaper, outage)
     freeze_startup_objects()
+    # Before readiness is announced: a SIGTERM that follows it (a rollout) must stop the worker
+    # cleanly. Installed only in `serve`, a SIGTERM in between killed it outright (exit -15).
+    worker.listen_for_stop()
     warm.set()
     metrics.READY.labels(name).set(1)
     heartbeat.start()
