@@ -4,6 +4,8 @@ and no slot lost to a failure."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -18,6 +20,18 @@ from service.redis_pool import BoundedConnectionPool
 
 NAME = "bounded-pool-test"
 HOLD_S = 0.3  # how long each BLPOP holds its connection
+
+
+@asynccontextmanager
+async def bounded(url: str, **options: Any) -> AsyncIterator[tuple[BoundedConnectionPool, Redis]]:
+    """A pool under test and a client on it, both closed after."""
+    pool = BoundedConnectionPool.from_url(url, **options)
+    redis = Redis(connection_pool=pool)
+    try:
+        yield pool, redis
+    finally:
+        await redis.aclose()
+        await pool.aclose()
 
 
 async def blocked(redis_url: str) -> None:
@@ -93,16 +107,11 @@ def test_failed_connects_give_their_slot_back() -> None:
     dead = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
 
     async def go() -> None:
-        pool = BoundedConnectionPool.from_url(dead, max_connections=1, timeout=0.5)
-        redis = Redis(connection_pool=pool)
-        try:
+        async with bounded(dead, max_connections=1, timeout=0.5) as (_, redis):
             for _ in range(3):  # a leaked slot would turn the second into a wait, then this:
                 with pytest.raises(RedisConnectionError) as caught:
                     await redis.ping()
                 assert "No connection available" not in str(caught.value)
-        finally:
-            await redis.aclose()
-            await pool.aclose()
 
     asyncio.run(go())
 
@@ -111,11 +120,8 @@ def test_a_connection_given_back_with_a_reply_unread_is_not_handed_out_so(redis_
     # redis-py's own pool fails this: its check is skipped under its default "auto"
     # maintenance notifications.
     async def go() -> None:
-        pool = BoundedConnectionPool.from_url(
-            redis_url, max_connections=1, timeout=0.5, decode_responses=True
-        )
-        redis = Redis(connection_pool=pool)
-        try:
+        options = {"max_connections": 1, "timeout": 0.5, "decode_responses": True}
+        async with bounded(redis_url, **options) as (pool, redis):
             connection = await pool.get_connection()
             await connection.send_command("ECHO", "stale")  # its reply is never read
             while not await connection.can_read():  # until the reply has arrived
@@ -123,27 +129,18 @@ def test_a_connection_given_back_with_a_reply_unread_is_not_handed_out_so(redis_
             await pool.release(connection)
             assert await redis.echo("fresh") == "fresh"  # not the stale reply
             assert await redis.echo("again") == "again"
-        finally:
-            await redis.aclose()
-            await pool.aclose()
 
     asyncio.run(go())
 
 
 def test_one_connection_serves_callers_in_turn(redis_url: str) -> None:
     async def go() -> int:
-        pool = BoundedConnectionPool.from_url(
-            redis_url, max_connections=4, timeout=0.5, client_name=NAME
-        )
-        redis = Redis(connection_pool=pool)
-        try:
+        options = {"max_connections": 4, "timeout": 0.5, "client_name": NAME}
+        async with bounded(redis_url, **options) as (_, redis):
             for i in range(5):
                 await redis.set(f"k{i}", i)
             async with Redis.from_url(redis_url, decode_responses=True) as other:
                 return sum(1 for c in await other.client_list() if c["name"] == NAME)
-        finally:
-            await redis.aclose()
-            await pool.aclose()
 
     assert asyncio.run(go()) == 1
 
@@ -166,9 +163,7 @@ def test_its_connections_pack_commands_as_redis_py_does_and_redis_reads_them(
     redis_url: str,
 ) -> None:
     async def go() -> list[Any]:
-        pool = BoundedConnectionPool.from_url(redis_url, max_connections=2, timeout=0.5)
-        redis = Redis(connection_pool=pool)
-        try:
+        async with bounded(redis_url, max_connections=2, timeout=0.5) as (pool, redis):
             connection = await pool.get_connection()
             try:
                 # Packed by hiredis, not by redis-py's asyncio connection, in Python.
@@ -185,9 +180,6 @@ def test_its_connections_pack_commands_as_redis_py_does_and_redis_reads_them(
             for i, value in enumerate(VALUES):
                 await redis.set(f"packed:{i}", value)
             return [await redis.get(f"packed:{i}") for i in range(len(VALUES))]
-        finally:
-            await redis.aclose()
-            await pool.aclose()
 
     # What redis-py's own encoder makes of each value, without hiredis.
     encoder = Encoder("utf-8", "strict", decode_responses=False)  # type: ignore[no-untyped-call]
