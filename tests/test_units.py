@@ -21,7 +21,7 @@ from service.errors import InvalidParameter
 from service.params import parse_prefer_wait, resolve
 from service.routes.deps import LinksAt
 from tests.helpers import job_params
-from worker.encode import encode, image_parameters
+from worker.encode import PngOptions, PngStrategy, encode, image_parameters
 from worker.metrics import JobLabels, resolution_label, steps_label
 
 SD3 = ModelInfo(
@@ -213,7 +213,7 @@ def test_record_timings_come_from_redis_timestamps() -> None:
     assert record.progress is not None and record.progress.step == 28
 
 
-def test_a_png_at_any_compress_level_keeps_the_pixels_and_the_recipe() -> None:
+def test_a_png_under_any_strategy_and_level_keeps_the_pixels_and_the_recipe() -> None:
     # Smooth with a little noise, as a generated picture is; pure noise would not compress.
     y, x = np.mgrid[0:96, 0:128]
     rgb = np.stack([x * 2, y * 2, (x + y) % 256], axis=-1) + np.random.default_rng(0).integers(
@@ -233,9 +233,16 @@ def test_a_png_at_any_compress_level_keeps_the_pixels_and_the_recipe() -> None:
     recipe = image_parameters(params, 1)
     assert recipe["seed"] == 8
     written = {
-        level: encode(image, OutputFormat.png, recipe, png_level=level) for level in (0, 1, 9)
+        (level, strategy): encode(image, OutputFormat.png, recipe, png=PngOptions(level, strategy))
+        for level in (0, 1, 9)
+        for strategy in PngStrategy
     }
-    assert len(written[9]) < len(written[1]) < len(written[0])
+    size = {options: len(data) for options, data in written.items()}
+    default = PngStrategy.default
+    assert size[9, default] < size[1, default] < size[0, default]
+    # What DEFAULT_PNG's choice rests on: smaller than the default strategy at its own level.
+    assert size[1, PngStrategy.rle] < size[1, default]
+    assert size[1, PngStrategy.rle] == size[9, PngStrategy.rle]
     for data in written.values():
         decoded = Image.open(io.BytesIO(data))
         assert np.array_equal(np.asarray(decoded), np.asarray(image))

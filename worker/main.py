@@ -443,7 +443,7 @@ def run(settings: WorkerSettings) -> None:
         stopping=lambda: worker.stop_requested,
         max_batch=settings.max_batch,
         progress=progress,
-        png_level=settings.png_compress_level,
+        png=settings.png_options(),
     )
     tasks.install(runner)
     # Each thread its own client, so that no thread's commands queue behind another's.

@@ -26,11 +26,11 @@ from common.jobstore import CANCELED_RUNNING, Outcome, Steer
 from common.results import ResultStore
 from worker import metrics
 from worker.batch import LOOKAHEAD, pick
-from worker.encode import encode, image_parameters
+from worker.encode import PngOptions, encode, image_parameters
 from worker.pipeline import BatchEmptied, BatchStepCallback
 from worker.progress import ProgressReporter
 from worker.recovery import REDIS_DOWN, Abandoned, Outage, never, through_outage
-from worker.settings import DEFAULT_PNG_COMPRESS_LEVEL, DEFAULT_PROGRESS_INTERVAL_S
+from worker.settings import DEFAULT_PNG, DEFAULT_PROGRESS_INTERVAL_S
 from worker.store import WorkerJobStore
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class JobRunner:
         stopping: Callable[[], bool] = never,
         max_batch: int = 1,
         progress: ProgressReporter | None = None,
-        png_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
+        png: PngOptions = DEFAULT_PNG,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
@@ -87,7 +87,7 @@ class JobRunner:
         self.outage = outage or Outage()
         self.stopping = stopping
         self.max_batch = max_batch
-        self.png_level = png_level
+        self.png = png
         # Started at the first job when not given (a runner built alone, as tests do).
         self._progress = progress
         # The jobs started and not yet ended here, for the heartbeat to report.
@@ -272,7 +272,7 @@ class JobRunner:
     def _store_images(self, job_id: str, params: GenerateParams, images: list[Image]) -> None:
         def encode_and_store(index: int) -> None:
             parameters = image_parameters(params, index)
-            data = encode(images[index], params.output_format, parameters, png_level=self.png_level)
+            data = encode(images[index], params.output_format, parameters, png=self.png)
             self.results.put(job_id, index, data, params.output_format)
 
         # Images are written before the job is marked succeeded, so every listed URL resolves.
