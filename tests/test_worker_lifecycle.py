@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import Redis
-from rq import Queue
+from rq import Queue, SimpleWorker, get_current_job
+from rq.job import JobStatus
 
 from common import keys
 from service.dev import Stack, free_port
@@ -246,3 +247,58 @@ def test_a_failed_generation_is_a_job_state(bare: Deployment, tmp_path: Path) ->
     assert submit(api, prefer="wait=60", prompt="again", steps=1).json()["status"] == "failed"
     worker.process.terminate()
     assert worker.process.wait(timeout=60) == 0
+
+
+def rq_records_of_the_running_job() -> dict[str, object]:
+    """What RQ's records say of the job running this, read from within it (a job function)."""
+    job = get_current_job()
+    assert job is not None and job.worker_name is not None
+    redis = job.connection
+    queue = Queue(job.origin, connection=redis)
+    (execution,) = job.get_executions()
+    return {
+        "status": job.get_status(refresh=True),
+        "persisted": redis.ttl(job.key) == -1,
+        "last heartbeat": job.last_heartbeat is not None,
+        "worker state": redis.hget(f"rq:worker:{job.worker_name}", "state"),
+        "started registry": queue.started_job_registry.get_job_ids(),
+        "intermediate queue": redis.lrange(queue.intermediate_queue_key, 0, -1),
+        "execution of this worker": execution.worker_name == job.worker_name,
+    }
+
+
+def transactions_and_commands(redis: Redis) -> tuple[int, int]:
+    stats = redis.info("commandstats")
+    return stats.get("cmdstat_exec", {}).get("calls", 0), sum(s["calls"] for s in stats.values())
+
+
+def test_a_job_starts_with_rqs_records_in_two_round_trips_fewer(
+    idle_worker: WarmWorker, bare: Deployment
+) -> None:
+    # WarmWorker.execute_job writes the commands of RQ's two preparing transactions as one and
+    # leaves the worker's idle state to its next dequeue: RQ's records must not notice.
+    connection = idle_worker.connection
+    plain_name = f"{idle_worker.name}-rq"
+    plain = SimpleWorker(
+        [Queue(plain_name, connection=connection)], connection=connection, name=plain_name
+    )
+    seen = {}
+    for worker in (plain, idle_worker):
+        queued = worker.queues[0].enqueue(rq_records_of_the_running_job)
+        dequeued = worker.dequeue_job_and_maintain_ttl(timeout=5)
+        assert dequeued is not None and dequeued[0].id == queued.id
+        before = transactions_and_commands(connection)
+        worker.execute_job(*dequeued)
+        after = transactions_and_commands(connection)
+        queued.refresh()
+        assert queued.get_status() is JobStatus.FINISHED
+        records = queued.return_value()
+        assert records["started registry"] == [queued.id]
+        seen[worker.name] = {k: v for k, v in records.items() if k != "started registry"}
+        seen[worker.name]["round trips"] = tuple(a - b for a, b in zip(after, before, strict=True))
+    rq_exec, rq_commands = seen[plain_name].pop("round trips")
+    exec_, commands = seen[idle_worker.name].pop("round trips")
+    assert seen[idle_worker.name] == seen[plain_name]
+    assert seen[plain_name]["status"] is JobStatus.STARTED
+    assert seen[plain_name]["worker state"] == b"busy"
+    assert (exec_, commands) == (rq_exec - 1, rq_commands - 3)  # a MULTI, an EXEC, an HSET

@@ -16,6 +16,7 @@ from redis.client import Pipeline, PubSub, PubSubWorkerThread
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import DequeueTimeout
+from rq.executions import Execution
 from rq.job import Job
 from rq.logutils import setup_loghandlers
 from rq.utils import now
@@ -69,6 +70,8 @@ class WarmWorker(SimpleWorker):
         # Puts a job this worker popped but could not start back on its queue (`run` sets it).
         self.give_back: Callable[[str], None] = _keep
         self._born = False
+        # The job whose start execute_job has already sent (prepare_job_execution skips it).
+        self._started: str | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -234,6 +237,39 @@ class WarmWorker(SimpleWorker):
                 # No heartbeat here, unlike RQ's: the job's preparation sends one a moment later.
                 return result
         return None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """RQ's SimpleWorker.execute_job in two round trips fewer.
+
+        RQ records the execution in one transaction (`prepare_execution`) and marks the job
+        started in a second (`prepare_job_execution`, first thing in `perform_job`): here both
+        are one, the job's queue wait a round trip shorter. RQ then marks the worker idle in a
+        round trip of its own; the next dequeue sends that with its heartbeat anyway.
+        """
+        ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipe:
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self._mark_started(job, ttl, pipe)
+            pipe.execute()
+        self._started = job.id
+        self.perform_job(job, queue, execution)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if self._started == job.id:  # sent with the execution's record (execute_job)
+            self._started = None
+            return
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+
+    def _mark_started(self, job: Job, ttl: int, pipe: Pipeline) -> None:
+        """The commands of RQ's `prepare_job_execution`, onto `pipe`."""
+        self.heartbeat(ttl, pipeline=pipe)
+        job.heartbeat(now(), ttl, pipeline=pipe)
+        job.prepare_for_execution(self.name, pipeline=pipe)
+        pipe.persist(job.key)
+        if len(self.queues) == 1:  # as RQ's perform_job decides
+            pipe.lrem(self.queues[0].intermediate_queue_key, 1, job.id)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         # RQ sends a heartbeat's three commands a round trip each; here they are one.
