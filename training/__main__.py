@@ -178,6 +178,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also generate the 60 evaluation prompts (28 steps, seed 0) with the EMA weights at "
         "validations that fall on multiples of N steps and log their shape accuracy (off: 0)",
     )
+    al.add_argument(
+        "--sample-limit",
+        type=positive,
+        help="first N prompts per split in those samples and in the sample sheet (smoke tests; "
+        "default: all 30, and 15 in the sheet)",
+    )
 
     # What evaluate and probe share: a model folder and how to sample from it.
     sampling = argparse.ArgumentParser(add_help=False)

@@ -28,6 +28,8 @@ COLOURLESS_FRACTION = 0.0
 # for held-out shape, and 2.0 balanced them best for the fifth recipe; the sixth keeps it
 # (docs/training.md).
 GUIDANCE_SCALE = 2.0
+# Prompts of each evaluation split on the sample sheet.
+SHEET_PROMPTS = 15
 
 
 def log(message: str) -> None:
@@ -130,8 +132,10 @@ def sampled_accuracy(
     pipe: StableDiffusion3Pipeline,
     transformer: SD3Transformer2DModel,
     max_sequence_length: int,
+    limit: int | None = None,
 ) -> dict[str, float]:
-    """Shape accuracy of ``transformer`` on the 60 evaluation prompts (28 steps, seed 0).
+    """Shape accuracy of ``transformer`` on the 60 evaluation prompts (28 steps, seed 0), or
+    the first ``limit`` of each split.
 
     Validation loss does not rank recipes for shape (docs/training.md), so a screen that
     cannot wait for the end of its runs needs what they draw while they train.
@@ -144,23 +148,28 @@ def sampled_accuracy(
         seeds=[0],
         guidance_scale=GUIDANCE_SCALE,
         max_sequence_length=max_sequence_length,
+        limit=limit,
     )
     table = evaluate.summarise(samples)
     return {split: table[f"{DEFAULT_STEPS}/{split}"]["shape"] for split in evaluate.SPLITS}
 
 
-def sample_sheet(pipe: StableDiffusion3Pipeline, max_sequence_length: int, path: Path) -> None:
-    """15 seen and 15 held-out evaluation prompts at 28 steps, seed 0: a first visual check."""
+def sample_sheet(
+    pipe: StableDiffusion3Pipeline, max_sequence_length: int, path: Path, limit: int | None = None
+) -> None:
+    """15 seen and 15 held-out evaluation prompts (or ``limit`` of each, if fewer) at 28 steps,
+    seed 0: a first visual check."""
     pipe.set_progress_bar_config(disable=True)
+    per_split = min(SHEET_PROMPTS, limit or SHEET_PROMPTS)
     rows = [
         evaluate.generate(
             pipe,
-            [scenes.caption(s) for s in split[:15]],
+            [scenes.caption(s) for s in split[:per_split]],
             seed=0,
             steps=28,
             guidance_scale=GUIDANCE_SCALE,
             max_sequence_length=max_sequence_length,
-            batch_size=15,
+            batch_size=per_split,
         )
         for split in evaluate.evaluation_scenes().values()
     ]
@@ -258,7 +267,7 @@ def run_all(args: argparse.Namespace) -> None:
     def on_val(step: int, scores: dict[str, float], ema: SD3Transformer2DModel) -> None:
         log(f"\nstep {step}: val velocity MSE {scores}")
         if args.sample_every > 0 and step and step % args.sample_every == 0:
-            shape = sampled_accuracy(pipe, ema, args.max_sequence_length)
+            shape = sampled_accuracy(pipe, ema, args.max_sequence_length, args.sample_limit)
             sampled.append({"step": step, **shape})
             log(f"step {step}: shape accuracy at {DEFAULT_STEPS} steps {shape}")
 
@@ -306,7 +315,7 @@ def run_all(args: argparse.Namespace) -> None:
         work / "loss_transformer.png",
         f"Transformer velocity MSE ({args.timesteps} timesteps)",
     )
-    sample_sheet(pipe, args.max_sequence_length, work / "samples_28_steps.png")
+    sample_sheet(pipe, args.max_sequence_length, work / "samples_28_steps.png", args.sample_limit)
     record["total_seconds"] = total = time.perf_counter() - started
     (work / "log.json").write_text(json.dumps(record, indent=1))
     log(f"wrote {out} ({size / 2**20:.1f} MiB) and artefacts in {work} in {total:.0f} s")

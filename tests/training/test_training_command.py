@@ -50,12 +50,15 @@ def test_the_training_command_writes_a_loadable_pipeline(tmp_path: Path) -> None
         "10",
         "--sample-every",
         "2",
+        "--sample-limit",
+        "2",
         "--threads",
         "1",
     ]
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    # Some 4 minutes on one slow core, most of it the sampled evaluation (60 prompts × 28
-    # steps); the limit is there to catch a hang, not to time the run.
+    # About 100 s on one core of an idle machine (240 s with the sampled evaluation's full 60
+    # prompts × 28 steps, which --sample-limit cuts to 4); the limit is there to catch a hang,
+    # not to time the run.
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
 
