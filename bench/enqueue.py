@@ -27,7 +27,9 @@ and the API alone is measured. Then, for that stack:
 The client is a minimal HTTP/1.1 one on asyncio protocols over uvloop (keep-alive
 connections, no parsing beyond the status line and Content-Length, callbacks rather than a task
 per request), so that on a small machine the client's own cost takes as little as possible from
-the server it shares the CPUs with.
+the server it shares the CPUs with. Before each load it opens all its connections, then sends
+each request on the one idle longest: requests go round all of them, and so round the server's
+processes, as many clients' would; each load prints each process's share of the server's CPU.
 
     .venv/bin/python bench/enqueue.py [--seconds 10] [--rates 500,1000,1500]
         [--api-workers 1,2] [--connections 64] [--floor]
@@ -169,12 +171,18 @@ class _Connection(asyncio.Protocol):
 class Client:
     """HTTP/1.1 over at most `limit` keep-alive connections, callback-driven so that a request
     costs this process no task of its own: a request finding every connection busy waits its
-    turn, first come first served."""
+    turn, first come first served.
+
+    Requests go round the idle connections, the longest idle first. Each connection belongs to
+    the one server process that accepted it; reusing the latest one instead sent most requests
+    down a few connections, and in one measured run 72 % of them to one of two API processes
+    (4.5 s of CPU in a 5 s load, the other 1.7 s), which then fell behind alone.
+    """
 
     def __init__(self, host: str, port: int, limit: int) -> None:
         self.host, self.port = host, port
         self.limit = limit
-        self.idle: list[_Connection] = []
+        self.idle: deque[_Connection] = deque()
         self.dialled = 0  # connections open or opening
         self.waiting: deque[tuple[bytes, Callable[[Answer], None]]] = deque()
         self.dials: set[asyncio.Task[None]] = set()
@@ -189,7 +197,7 @@ class Client:
         """Send `raw` on a free connection, or once one is free; `done` gets the answer."""
         loop = asyncio.get_running_loop()
         while self.idle:
-            conn = self.idle.pop()
+            conn = self.idle.popleft()
             if loop.time() - conn.idle_since < KEEPALIVE_S and not conn.lost:
                 conn.send(raw, self._then(conn, done))
                 return
@@ -211,6 +219,24 @@ class Client:
         if isinstance(result, BaseException):
             raise result
         return result
+
+    async def fill(self) -> None:
+        """Every connection open, and none stale, before a load: no request of it then waits
+        for a dial, and the connections' share of each server process is settled."""
+        loop = asyncio.get_running_loop()
+        for conn in list(self.idle):
+            if conn.lost or loop.time() - conn.idle_since >= KEEPALIVE_S / 2:
+                self.idle.remove(conn)
+                self._drop(conn)
+        while self.dialled < self.limit:
+            self.dialled += 1
+            try:
+                _, conn = await loop.create_connection(_Connection, self.host, self.port)
+            except OSError:
+                self._freed()
+                raise
+            conn.idle_since = loop.time()
+            self.idle.append(conn)
 
     def _start_dial(self, raw: bytes, done: Callable[[Answer], None]) -> None:
         self.dialled += 1
@@ -401,11 +427,12 @@ def _cmdline(pid: int) -> str:
 @dataclass
 class Cpu:
     """CPU time per request answered, in seconds: the server's, Redis's and this client's,
-    who share the machine's cores."""
+    who share the machine's cores; and each server process's share of the server's."""
 
     server: float
     redis: float
     client: float
+    shares: tuple[float, ...]
 
 
 @dataclass
@@ -419,14 +446,19 @@ class Server:
 
     async def open_loop(self, raw: bytes, rate: float, seconds: float) -> tuple[OpenLoop, Cpu]:
         """The run, and the CPU time it took per request answered."""
+        await self.client.fill()
         pids = [*self.pids, self.redis_pid]
         before = [_cpu_s([pid]) for pid in pids], time.process_time()
         run = await open_loop(self.client, raw, rate, seconds)
         after = [_cpu_s([pid]) for pid in pids], time.process_time()
         used = [b - a for a, b in zip(before[0], after[0], strict=True)]
         answered = max(1, sum(run.answers.values()))
+        server = sum(used[:-1])
         return run, Cpu(
-            sum(used[:-1]) / answered, used[-1] / answered, (after[1] - before[1]) / answered
+            server / answered,
+            used[-1] / answered,
+            (after[1] - before[1]) / answered,
+            tuple(u / server if server else 0.0 for u in used[:-1]),
         )
 
 
@@ -468,6 +500,8 @@ def open_loop_line(name: str, run: OpenLoop, cpu: Cpu) -> str:
         f"server CPU {cpu.server * 1000:.2f} ms per request (Redis {cpu.redis * 1000:.2f}, "
         f"this client {cpu.client * 1000:.2f})"
     )
+    if len(cpu.shares) > 1:
+        line += ", by process " + " / ".join(f"{share:.0%}" for share in cpu.shares)
     return line
 
 
