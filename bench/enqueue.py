@@ -225,16 +225,12 @@ class Client:
         for a dial, and the connections' share of each server process is settled."""
         loop = asyncio.get_running_loop()
         for conn in list(self.idle):
-            if conn.lost or loop.time() - conn.idle_since >= KEEPALIVE_S / 2:
+            if conn.lost or loop.time() - conn.idle_since >= KEEPALIVE_S:
                 self.idle.remove(conn)
                 self._drop(conn)
         while self.dialled < self.limit:
             self.dialled += 1
-            try:
-                _, conn = await loop.create_connection(_Connection, self.host, self.port)
-            except OSError:
-                self._freed()
-                raise
+            conn = await self._connect()
             conn.idle_since = loop.time()
             self.idle.append(conn)
 
@@ -245,14 +241,23 @@ class Client:
         task.add_done_callback(self.dials.discard)
 
     async def _dial(self, raw: bytes, done: Callable[[Answer], None]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(_Connection, self.host, self.port)
+            conn = await self._connect()
         except OSError as exc:
-            self._freed()
             done(exc)
             return
         conn.send(raw, self._then(conn, done))
+
+    async def _connect(self) -> _Connection:
+        """A new connection, already counted in `dialled`; a failed one frees its turn."""
+        try:
+            _, conn = await asyncio.get_running_loop().create_connection(
+                _Connection, self.host, self.port
+            )
+        except OSError:
+            self._freed()
+            raise
+        return conn
 
     def _then(self, conn: _Connection, done: Callable[[Answer], None]) -> Callable[[Answer], None]:
         def finished(answer: Answer) -> None:
