@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,9 @@ from service.errors import InvalidParameter
 from service.params import parse_prefer_wait, resolve
 from service.routes.deps import LinksAt
 from tests.helpers import job_params
-from worker.encode import PngOptions, PngStrategy, encode, image_parameters
+from worker.encode import PngEncoder, PngOptions, PngStrategy, encode, image_parameters
 from worker.metrics import JobLabels, resolution_label, steps_label
+from worker.settings import DEFAULT_PNG
 
 SD3 = ModelInfo(
     id="sd3",
@@ -213,13 +215,17 @@ def test_record_timings_come_from_redis_timestamps() -> None:
     assert record.progress is not None and record.progress.step == 28
 
 
-def test_a_png_under_any_strategy_and_level_keeps_the_pixels_and_the_recipe() -> None:
-    # Smooth with a little noise, as a generated picture is; pure noise would not compress.
-    y, x = np.mgrid[0:96, 0:128]
+def _picture(width: int, height: int) -> Image.Image:
+    """Smooth with a little noise, as a generated picture is; pure noise would not compress."""
+    y, x = np.mgrid[0:height, 0:width]
     rgb = np.stack([x * 2, y * 2, (x + y) % 256], axis=-1) + np.random.default_rng(0).integers(
-        0, 4, (96, 128, 3)
+        0, 4, (height, width, 3)
     )
-    image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+def test_a_png_under_any_strategy_and_level_keeps_the_pixels_and_the_recipe() -> None:
+    image = _picture(128, 96)
     params = job_params(
         "m",
         prompt="a red circle",
@@ -233,7 +239,9 @@ def test_a_png_under_any_strategy_and_level_keeps_the_pixels_and_the_recipe() ->
     recipe = image_parameters(params, 1)
     assert recipe["seed"] == 8
     written = {
-        (level, strategy): encode(image, OutputFormat.png, recipe, png=PngOptions(level, strategy))
+        (level, strategy): encode(
+            image, OutputFormat.png, recipe, png=PngOptions(PngEncoder.pillow, level, strategy)
+        )
         for level in (0, 1, 9)
         for strategy in PngStrategy
     }
@@ -247,6 +255,35 @@ def test_a_png_under_any_strategy_and_level_keeps_the_pixels_and_the_recipe() ->
         decoded = Image.open(io.BytesIO(data))
         assert np.array_equal(np.asarray(decoded), np.asarray(image))
         assert json.loads(decoded.info["parameters"]) == recipe
+
+
+@pytest.mark.parametrize("size", [(128, 96), (1, 1), (3, 7), (1024, 8)])
+def test_the_fast_png_encoder_writes_a_valid_png_with_the_pixels_and_the_recipe(
+    size: tuple[int, int],
+) -> None:
+    image = _picture(*size)
+    recipe = image_parameters(job_params("m", prompt='un château, 日本の城 "quoted"'), 0)
+    data = encode(
+        image, OutputFormat.png, recipe, png=replace(DEFAULT_PNG, encoder=PngEncoder.fast)
+    )
+    Image.open(io.BytesIO(data)).verify()  # every chunk's CRC, and the chunks' order
+    decoded = Image.open(io.BytesIO(data))
+    assert (decoded.format, decoded.mode, decoded.size) == ("PNG", "RGB", size)
+    assert np.array_equal(np.asarray(decoded), np.asarray(image))
+    assert json.loads(decoded.info["parameters"]) == recipe
+    assert decoded.info["Software"] == "sd3-serve"
+    stored = encode(
+        image, OutputFormat.png, recipe, png=PngOptions(PngEncoder.pillow, 0, PngStrategy.rle)
+    )
+    if size == (128, 96):  # large enough for deflate to show
+        assert len(data) < 0.8 * len(stored)
+
+
+def test_the_fast_png_encoder_leaves_other_modes_to_pillow() -> None:
+    rgba = _picture(16, 8).convert("RGBA")
+    options = replace(DEFAULT_PNG, encoder=PngEncoder.fast)
+    decoded = Image.open(io.BytesIO(encode(rgba, OutputFormat.png, {}, png=options)))
+    assert decoded.mode == "RGBA" and np.array_equal(np.asarray(decoded), np.asarray(rgba))
 
 
 def test_freezing_collects_startup_garbage_then_exempts_what_lives() -> None:
