@@ -4,8 +4,11 @@ and no slot lost to a failure."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +17,14 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.connection import HiredisRespSerializer as Hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.dev import free_port
+from service.dev import Stack, free_port, start_redis
 from service.redis_pool import BoundedConnectionPool
 
 NAME = "bounded-pool-test"
 HOLD_S = 0.3  # how long each BLPOP holds its connection
+FROZEN_TIMEOUT_S = 0.5
 
 
 @asynccontextmanager
@@ -184,3 +189,37 @@ def test_its_connections_pack_commands_as_redis_py_does_and_redis_reads_them(
     # What redis-py's own encoder makes of each value, without hiredis.
     encoder = Encoder("utf-8", "strict", decode_responses=False)  # type: ignore[no-untyped-call]
     assert asyncio.run(go()) == [encoder.encode(value) for value in VALUES]  # type: ignore[no-untyped-call]
+
+
+def test_a_frozen_redis_times_the_write_and_the_read_out_and_the_pool_recovers(
+    tmp_path: Path,
+) -> None:
+    """A write that cannot finish (a stopped server's socket buffers full) and a read that
+    gets no reply each end in redis-py's TimeoutError within the socket timeout, and drop the
+    connection; once the server runs again, the pool serves commands, and the write that
+    timed out never runs."""
+    stack = Stack()
+    try:
+        url = start_redis(stack, tmp_path, dict(os.environ))
+        server = next(proc for name, proc in stack.children if name == "redis")
+
+        async def go() -> None:
+            options = {"max_connections": 1, "timeout": 0.5, "socket_timeout": FROZEN_TIMEOUT_S}
+            async with bounded(url, **options) as (pool, redis):
+                assert await redis.ping()  # connected before the server stops
+                server.send_signal(signal.SIGSTOP)
+                try:
+                    with pytest.raises(RedisTimeoutError, match="writing"):
+                        await redis.set("big", b"x" * (64 << 20))  # past every buffer
+                    assert not pool._available_connections[0].is_connected  # dropped
+                    with pytest.raises(RedisTimeoutError, match="reading"):
+                        await redis.ping()  # a fresh connect, queued in the kernel
+                finally:
+                    server.send_signal(signal.SIGCONT)
+                assert await redis.ping()
+                # Aborted, not closed: the rest of the write was dropped, not sent late.
+                assert await redis.exists("big") == 0
+
+        asyncio.run(go())
+    finally:
+        stack.stop()
