@@ -92,7 +92,8 @@ class JobRunner:
         self._progress = progress
         # The jobs started and not yet ended here, for the heartbeat to report.
         self.held: list[str] = []
-        # PIL releases the GIL while compressing, so a job's images encode side by side.
+        # Both PNG encoders (ISA-L and numpy, or Pillow's zlib) release the GIL while they
+        # compress, so a job's images encode side by side.
         self.encoder = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encode")
 
     def run(self, job_id: str) -> str:
