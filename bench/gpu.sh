@@ -20,7 +20,7 @@ carry="${SD3SERVE_GPU_CARRY:-$repo/.gpu-carry}"
 CARRIED=(diffusers importlib-metadata zipp pydantic pydantic-core annotated-types
     typing-inspection pydantic-settings python-dotenv redis rq croniter fastapi starlette
     annotated-doc opentelemetry-api uvicorn h11 httpx-sse standardwebhooks limits deprecated
-    wrapt boto3 botocore jmespath s3transfer python-dateutil)
+    wrapt boto3 botocore jmespath s3transfer python-dateutil isal)
 
 prepare() {
     local dir="${1:-$carry}" python="${PYTHON:-$repo/.venv/bin/python}" specs=()
@@ -74,7 +74,7 @@ fi
 if ! command -v redis-server >/dev/null && [ -x "$carry/redis/redis-server" ]; then
     export PATH="$carry/redis:$PATH"
 fi
-if ! missing="$("$python" -c 'import diffusers, pydantic_settings, rq, fastapi, uvicorn, httpx' 2>&1)"; then
+if ! missing="$("$python" -c 'import diffusers, pydantic_settings, rq, fastapi, uvicorn, httpx, isal' 2>&1)"; then
     echo "bench/gpu.sh: $python lacks packages (run 'bench/gpu.sh prepare' where pip works): $missing" >&2
     exit 2
 fi

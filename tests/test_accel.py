@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from PIL import Image
 
 from common.contract import GenerateParams
@@ -212,3 +216,37 @@ def test_the_gpu_bench_runs_in_its_tiny_mode(tmp_path: Path) -> None:
 
 def test_gpu_sh_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu.sh")], check=True)
+
+
+# The GPU machine's image ("cuda": /work/.library/device/KINDS.md, read 2026-11-17) has these
+# of the project's requirements; bench/gpu.sh carries the rest as wheels.
+GPU_IMAGE_HAS = {
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "pillow",
+    "prometheus-client",
+    "anyio",
+    "httpx",
+    "tqdm",
+    "uvloop",
+}
+# Accelerators the code runs without (uvicorn and redis-py pick them up when installed).
+OPTIONAL_THERE = {"httptools", "hiredis"}
+
+
+def test_gpu_sh_carries_every_requirement_the_gpu_image_lacks() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    needed = {
+        canonicalize_name(requirement.name)
+        for spec in [*project["dependencies"], *extras["api"], *extras["worker"]]
+        for requirement in [Requirement(spec)]
+    } | {"hiredis"}  # redis[hiredis]
+    script = (ROOT / "bench" / "gpu.sh").read_text()
+    carried_list = re.search(r"^CARRIED=\((.*?)\)", script, re.S | re.M)
+    assert carried_list is not None
+    carried = {canonicalize_name(name) for name in carried_list.group(1).split()}
+    assert needed - carried - GPU_IMAGE_HAS - OPTIONAL_THERE == set()
