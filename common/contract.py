@@ -319,10 +319,15 @@ class ModelInfo(BaseModel):
         for name, side in (("width", width), ("height", height)):
             if side % self.size_multiple:
                 lower = side - side % self.size_multiple
+                near = [
+                    size
+                    for size in (lower, lower + self.size_multiple)
+                    if self.min_size <= size <= self.max_size
+                ] or [min(max(side, self.min_size), self.max_size)]
                 return name, (
                     f"{name} must be a multiple of {self.size_multiple} (the model's VAE scale "
                     f"factor times its patch size); got {side}, try "
-                    f"{max(lower, self.min_size)} or {lower + self.size_multiple}"
+                    + " or ".join(str(size) for size in near)
                 )
             if not self.min_size <= side <= self.max_size:
                 return name, (

@@ -82,6 +82,11 @@ def test_resolve_keeps_explicit_values() -> None:
     [
         (1000, 1024, "width", "try 992 or 1008"),
         (1024, 100, "height", "multiple of 16"),
+        # Only sizes the model makes are offered: one, or the nearest end of the range.
+        (250, 1024, "width", "got 250, try 256 "),
+        (2056, 1024, "width", "got 2056, try 2048 "),
+        (8, 1024, "width", "got 8, try 256 "),
+        (1024, 3000, "height", "got 3000, try 2048 "),
         (240, 1024, "width", "between 256 and 2048"),
         (1024, 2064, "height", "between 256 and 2048"),
     ],
@@ -90,7 +95,7 @@ def test_resolve_teaches_the_size_rules(width: int, height: int, field: str, wor
     with pytest.raises(InvalidParameter) as err:
         resolve(GenerateRequest(prompt="a", width=width, height=height), SD3)
     assert err.value.field == field
-    assert words in err.value.message
+    assert words in err.value.message + " "
 
 
 @pytest.mark.parametrize(
