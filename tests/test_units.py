@@ -253,7 +253,8 @@ def test_a_png_under_any_strategy_and_level_keeps_the_pixels_and_the_recipe() ->
     size = {options: len(data) for options, data in written.items()}
     default = PngStrategy.default
     assert size[9, default] < size[1, default] < size[0, default]
-    # What DEFAULT_PNG's choice rests on: smaller than the default strategy at its own level.
+    # What DEFAULT_PNG_STRATEGY's choice rests on: smaller than the default strategy at its own
+    # level.
     assert size[1, PngStrategy.rle] < size[1, default]
     assert size[1, PngStrategy.rle] == size[9, PngStrategy.rle]
     for data in written.values():
