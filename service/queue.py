@@ -22,10 +22,10 @@ from common import keys
 from common.contract import GENERATE_TASK
 from service.rq_recording import (
     TEMPLATE_TRIES,
+    EnqueueClock,
     EnqueueTemplate,
     RecordedCommands,
     Recording,
-    enqueue_times,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class JobQueue:
         self._queues: dict[str, Queue] = {}
         # Per model: RQ's enqueue recorded once and replayed, or None where it does not replay.
         self._templates: dict[str, EnqueueTemplate | None] = {}
+        self._clock = EnqueueClock()
 
     def _queue(self, model: str) -> Queue:
         queue = self._queues.get(model)
@@ -82,7 +83,7 @@ class JobQueue:
             self._templates[model] = self._template(model)
         template = self._templates[model]
         if template is not None:
-            commands = template.fill(job_id, enqueue_times())
+            commands = template.fill(job_id, self._clock.times())
             if commands is not None:
                 return commands
         return self._record(job_id, model).commands

@@ -12,14 +12,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis import Redis
+from rq.utils import utcformat
 
 from service.queue import JobQueue
 from service.rq_recording import (
     TIME_FIELDS,
+    EnqueueClock,
     EnqueueTemplate,
     RecordedCommands,
     Recording,
-    enqueue_times,
 )
 
 MODEL = "m"
@@ -98,10 +99,29 @@ def test_equal_times_cannot_be_told_apart_so_no_template() -> None:
 
 
 def test_the_times_are_rqs_format_of_now() -> None:
-    times = enqueue_times()
+    times = EnqueueClock().times()
     assert set(times) == set(TIME_FIELDS)
+    assert len(set(times.values())) == 1
     at = datetime.strptime(times["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert abs(at - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_the_clock_formats_each_time_as_rq_does_across_seconds_and_back() -> None:
+    clock = EnqueueClock()
+    base = 1_790_000_000 * 10**9
+    instants = [
+        base,
+        base + 1_000,  # one microsecond on, the same second
+        base + 999_999_999,  # the last microsecond of that second
+        base + 10**9,  # the next second
+        base + 10**9 + 123_456_789,
+        base + 123,  # back into the first second (the clock was stepped back)
+        base + 86_400 * 10**9 + 5_000,  # a day on
+        0,
+    ]
+    for ns in instants:
+        expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)
+        assert clock.at(ns) == utcformat(expected), ns
 
 
 def test_values_packed_before_the_commands_are_one_more_group() -> None:
