@@ -299,5 +299,7 @@ class ApiKeyMiddleware:
 def request_owner(request: Request) -> str | None:
     """The name of the key the request came with: the owner of the jobs it makes and may see.
     None when the API has no keys, and so no owners."""
-    owner = getattr(request.state, STATE_FIELD, None)
+    # Read from the scope, where ApiKeyMiddleware put it: Starlette's `request.state` raises
+    # and catches two exceptions for a name it lacks, on every request of a keyless API.
+    owner = request.scope.get("state", {}).get(STATE_FIELD)
     return owner if isinstance(owner, str) else None

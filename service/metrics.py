@@ -51,22 +51,31 @@ class HttpMetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Each (route, status)'s samples, found once: prometheus_client's `labels` takes a lock
+        # and builds the key on every call. Bounded: routes are templates, statuses few.
+        self._samples: dict[tuple[str, int], tuple[Histogram, Counter]] = {}
+
+    def _samples_of(self, route: str, status: int) -> tuple[Histogram, Counter]:
+        samples = self._samples.get((route, status))
+        if samples is None:
+            samples = HTTP_LATENCY.labels(route), HTTP_REQUESTS.labels(route, str(status))
+            self._samples[route, status] = samples
+        return samples
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
                 route = scope.get("route")
-                label = getattr(route, "path", "unmatched")
-                HTTP_LATENCY.labels(label).observe(time.perf_counter() - started)
-                HTTP_REQUESTS.labels(label, str(status)).inc()
+                latency, requests = self._samples_of(
+                    getattr(route, "path", "unmatched"), message["status"]
+                )
+                latency.observe(time.perf_counter() - started)
+                requests.inc()
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
