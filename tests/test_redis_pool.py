@@ -150,6 +150,33 @@ def test_one_connection_serves_callers_in_turn(redis_url: str) -> None:
     assert asyncio.run(go()) == 1
 
 
+def test_a_reply_inside_the_socket_timeout_leaves_its_connection_open_past_it(
+    redis_url: str,
+) -> None:
+    """The read's timer stops with the reply: a reply that took most of the socket timeout,
+    then a wait past it, and the same connection (the same client id in Redis) still serves,
+    its timeout as configured; a write over the socket buffer's high-water mark, which may
+    wait, goes through on it too."""
+
+    async def go() -> None:
+        options = {"max_connections": 1, "timeout": 0.5, "socket_timeout": FROZEN_TIMEOUT_S}
+        async with bounded(redis_url, **options) as (pool, redis):
+            await redis.delete("empty", "big")
+            client_id = await redis.client_id()
+            assert await redis.blpop(["empty"], timeout=FROZEN_TIMEOUT_S * 0.6) is None
+            (connection,) = pool._available_connections
+            await asyncio.sleep(FROZEN_TIMEOUT_S * 1.5)  # past where a timer left running fires
+            assert await redis.client_id() == client_id
+            assert pool._available_connections == [connection]
+            assert connection.is_connected
+            assert connection.socket_timeout == FROZEN_TIMEOUT_S
+            assert await redis.set("big", b"x" * (1 << 20))
+            assert await redis.strlen("big") == 1 << 20
+            assert await redis.client_id() == client_id
+
+    asyncio.run(go())
+
+
 VALUES: list[bytes | str | int | float] = [
     b"\x00\xff\r\n",
     "é☃",
