@@ -106,11 +106,9 @@ class EnqueueTemplate:
             raise ValueError("the recording's id and times are not all distinct")
         self._lengths = {name: len(token) for token, name in names.items()}
         pattern = re.compile(b"(" + b"|".join(re.escape(token) for token in names) + b")")
-        # Odd pieces are what the pattern matched: the name of the value that goes there.
-        pieces = pattern.split(recording.commands.data)
-        self._pieces: list[bytes | str] = [
-            names[piece] if i % 2 else piece for i, piece in enumerate(pieces)
-        ]
+        # Odd pieces are what the pattern matched: where a value of that name goes.
+        self._pieces = pattern.split(recording.commands.data)
+        self._slots = [(i, names[piece]) for i, piece in enumerate(self._pieces) if i % 2]
 
     @classmethod
     def of(cls, first: Recording, second: Recording) -> EnqueueTemplate | None:
@@ -128,12 +126,13 @@ class EnqueueTemplate:
         """The commands for `job_id` enqueued at `times`; None if a value's length differs
         from the recording's, which would change the commands' sizes."""
         values = {"id": job_id.encode()} | {name: t.encode() for name, t in times.items()}
-        if any(len(values[name]) != length for name, length in self._lengths.items()):
-            return None
-        data = b"".join(
-            piece if isinstance(piece, bytes) else values[piece] for piece in self._pieces
-        )
-        return RecordedCommands(self.sizes, data)
+        for name, length in self._lengths.items():
+            if len(values[name]) != length:
+                return None
+        pieces = self._pieces.copy()
+        for i, name in self._slots:
+            pieces[i] = values[name]
+        return RecordedCommands(self.sizes, b"".join(pieces))
 
 
 class EnqueueClock:
