@@ -154,12 +154,12 @@ def _sends_at_once(
         and asyncio.get_running_loop().time() > connection.next_health_check
     ):
         return False
-    if isinstance(command, str | bytes):
+    if isinstance(command, bytes):
         size = len(command)
     elif isinstance(command, list):
         size = sum(map(len, command))
     else:
-        return False  # an iterator: its size is not known before it is sent
+        return False  # a str (its encoded size differs) or an iterator: sized only once sent
     return transport.get_write_buffer_size() + size <= transport.get_write_buffer_limits()[1]
 
 
