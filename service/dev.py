@@ -55,8 +55,12 @@ class Stack:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv, env=env, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent
+        )
         self.children.append((name, proc))
         return proc
 
@@ -129,23 +133,27 @@ def start_redis(stack: Stack, workdir: Path, env: dict[str, str], port: int | No
 
 
 def start_worker(
-    stack: Stack, env: dict[str, str], name: str
+    stack: Stack, env: dict[str, str], name: str, cwd: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A worker process with its metrics on a free loopback port; returns it and their base URL."""
+    """A worker process with its metrics on a free loopback port; returns it and their base URL.
+    `cwd`: the directory it starts in, whose packages it imports (another checkout's)."""
     metrics_port = free_port()
     worker_env = env | {
         env_var("metrics_host"): "127.0.0.1",
         env_var("metrics_port"): str(metrics_port),
         env_var("worker_name"): name,
     }
-    process = stack.start(name, [sys.executable, "-m", "worker"], worker_env)
+    process = stack.start(name, [sys.executable, "-m", "worker"], worker_env, cwd)
     return process, f"http://127.0.0.1:{metrics_port}"
 
 
-def start_api(stack: Stack, env: dict[str, str], host: str, port: int) -> str:
-    """The API under uvicorn; returns its URL once /healthz answers."""
+def start_api(
+    stack: Stack, env: dict[str, str], host: str, port: int, cwd: Path | None = None
+) -> str:
+    """The API under uvicorn; returns its URL once /healthz answers. `cwd` as for
+    start_worker."""
     argv = [sys.executable, "-m", "service", "api", "--host", host, "--port", str(port)]
-    stack.start("api", argv, env)
+    stack.start("api", argv, env, cwd)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, stack, "the API", 120)
     return url
