@@ -25,6 +25,10 @@ TINY_MODEL = "tiny-sd3"
 # The tiny model's native 64×64 would cap a job at 4 × 64² pixels by default; the tests' slow
 # jobs (one 384×384 image) need more: one image at its largest size, 512×512.
 TEST_MAX_PIXELS = 512 * 512
+# The workers' dtype, named: `auto` picks bfloat16 on a CPU with native bfloat16 (AVX512-BF16,
+# AMX), so what the tests compare (a batch's pixels within 1/255 of the job alone, the dtype a
+# model reports) would depend on the machine running them.
+TEST_DTYPE = "float32"
 
 
 @dataclass
@@ -61,6 +65,7 @@ def base_env(redis_url: str, results_dir: Path, model_dir: Path) -> dict[str, st
             result_store=f"file://{results_dir}",
             model=model_dir,
             max_pixels=TEST_MAX_PIXELS,
+            torch_dtype=TEST_DTYPE,
         )
         | {"PYTHONUNBUFFERED": "1"}
     )

@@ -17,6 +17,7 @@ from common.contract import OutputFormat
 from common.results import open_result_store
 from service.dev import Stack
 from tests.harness import (
+    TEST_DTYPE,
     Api,
     poll,
     settings_env,
@@ -47,7 +48,9 @@ def s3_stack(
         env = (
             dict(os.environ)
             | s3.env()
-            | settings_env(redis_url=redis_url, model=model_dir, result_store=STORE)
+            | settings_env(
+                redis_url=redis_url, model=model_dir, result_store=STORE, torch_dtype=TEST_DTYPE
+            )
         )
         streaming = start_api(stack, env)
         presigning = start_api(stack, env | settings_env(result_urls="presigned"))

@@ -15,6 +15,7 @@ from redis import Redis
 
 from service.dev import Stack
 from tests.harness import (
+    TEST_DTYPE,
     TINY_MODEL,
     Deployment,
     Worker,
@@ -129,6 +130,7 @@ def test_the_model_record_returns_after_a_redis_restart(model_dir: Path, tmp_pat
             model=model_dir,
             result_store=f"file://{tmp_path / 'results'}",
             heartbeat_s=1,
+            torch_dtype=TEST_DTYPE,
         )
         api = start_api(stack, env)
         with closing(api.client):
