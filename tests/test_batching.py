@@ -23,11 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from redis import Redis
-from redis.exceptions import NoScriptError
 
 from common import keys, workers
 from common.contract import GenerateParams, JobStatus
-from common.jobstore import CANCELED_RUNNING, START, Outcome, decode_start
+from common.jobstore import CANCELED_RUNNING, Outcome
 from common.results import ResultStore, open_result_store
 from tests.test_recovery import (  # noqa: F401  (fixtures, used by name)
     MODEL,
@@ -122,35 +121,6 @@ def test_start_answers_the_started_jobs_params_and_the_jobs_waiting_behind_it(
     assert jobs.cancel(behind[0]) is Outcome.canceled
     assert store.begin(behind[0], lookahead=2) == (Outcome.canceled, None, ())
     assert store.begin(behind[1]) == (Outcome.running, PARAMS, ())
-
-
-def test_start_in_rqs_transaction_answers_as_start_alone_and_noscript_leaves_the_job_queued(
-    r: Redis, rq: Redis, jobs: Jobs
-) -> None:
-    # WarmWorker.execute_job sends the runner's START in RQ's own transaction, on RQ's client.
-    store = worker_store(r)
-    first = jobs.create()
-    behind = [jobs.create() for _ in range(2)]
-    assert jobs.take().id == first
-    r.script_load(START)  # as the worker's own STARTs load it
-    with rq.pipeline() as pipe:
-        pipe.echo("RQ's commands")
-        store.begin_on(first, 2, pipe)
-        echoed, started = pipe.execute(raise_on_error=False)
-    assert echoed == b"RQ's commands"
-    assert decode_start(started) == (Outcome.running, PARAMS, tuple(behind))
-    assert record(r, first).status is JobStatus.running
-    # A Redis that has lost the script (restarted, flushed) answers NOSCRIPT in START's place,
-    # and runs the rest of the transaction; the job is left for the runner's own START.
-    r.script_flush()
-    with rq.pipeline() as pipe:
-        pipe.echo("RQ's commands")
-        store.begin_on(behind[0], 0, pipe)
-        echoed, refused = pipe.execute(raise_on_error=False)
-    assert echoed == b"RQ's commands"
-    assert isinstance(refused, NoScriptError)
-    assert record(r, behind[0]).status is JobStatus.queued
-    assert store.begin(behind[0]) == (Outcome.running, PARAMS, ())
 
 
 def test_take_moves_a_queued_job_off_the_queue_and_starts_it_on_the_worker(

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from redis import Redis
@@ -56,18 +56,6 @@ RQ_WORKER_TTL_S = 16
 PUBSUB_RETRY_S = 2.0
 
 
-class Starter(Protocol):
-    """Who starts the jobs a worker runs (worker.runner.JobRunner), in RQ's transaction."""
-
-    def start_on(self, job_id: str, pipe: Pipeline) -> None:
-        """Queue the job's START on `pipe`, RQ's transaction recording that it starts."""
-        ...
-
-    def started_on(self, job_id: str, reply: object) -> None:
-        """The transaction's reply to that START: a value, or the error in its place."""
-        ...
-
-
 class WarmWorker(SimpleWorker):
     """Runs jobs in this very process, and rides out Redis outages.
 
@@ -84,8 +72,6 @@ class WarmWorker(SimpleWorker):
         self._born = False
         # The job whose start execute_job has already sent (prepare_job_execution skips it).
         self._started: str | None = None
-        # Sends each job's own START in the transaction that records its start (`run` sets it).
-        self.starter: Starter | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -253,33 +239,20 @@ class WarmWorker(SimpleWorker):
         return None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """RQ's SimpleWorker.execute_job in two round trips fewer, and the job's START in the
-        round trip that is left.
+        """RQ's SimpleWorker.execute_job in two round trips fewer.
 
         RQ records the execution in one transaction (`prepare_execution`) and marks the job
         started in a second (`prepare_job_execution`, first thing in `perform_job`): here both
-        are one, the job's queue wait a round trip shorter. The starter (the runner) queues the
-        job's own START on it too, another round trip fewer before denoising; should Redis
-        answer that START with an error, the starter sends it again itself. RQ then marks the
-        worker idle in a round trip of its own; the next dequeue sends that with its heartbeat
-        anyway.
+        are one, the job's queue wait a round trip shorter. RQ then marks the worker idle in a
+        round trip of its own; the next dequeue sends that with its heartbeat anyway.
         """
         ttl = self.get_heartbeat_ttl(job)
-        starter = self.starter
         with self.connection.pipeline() as pipe:
             execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
             self.executions[execution.id] = execution
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             self._mark_started(job, ttl, pipe)
-            if starter is not None:
-                starter.start_on(job.id, pipe)
-            replies = pipe.execute(raise_on_error=False)
-        if starter is not None:
-            # Its error is the starter's to handle (NOSCRIPT: it sends START itself).
-            starter.started_on(job.id, replies.pop())
-        for reply in replies:
-            if isinstance(reply, Exception):  # as RQ's own execute would
-                raise reply
+            pipe.execute()
         self._started = job.id
         self.perform_job(job, queue, execution)
 
@@ -509,7 +482,6 @@ def run(settings: WorkerSettings) -> None:
         png=settings.png_options(),
     )
     tasks.install(runner)
-    worker.starter = runner
     # Each thread its own client, so that no thread's commands queue behind another's.
     reaper = Reaper(
         connect(url, decode=True),
