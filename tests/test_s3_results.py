@@ -4,7 +4,6 @@ end over real HTTP: the worker writes, the API streams or presigns, the purge de
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -17,8 +16,8 @@ from common.contract import OutputFormat
 from common.results import open_result_store
 from service.dev import Stack
 from tests.harness import (
-    TEST_DTYPE,
     Api,
+    base_env,
     poll,
     settings_env,
     start_api,
@@ -45,13 +44,8 @@ def s3_stack(
         s3 = start_moto(stack)
         s3.create_bucket(BUCKET)
         redis_url = start_redis(stack, tmp_path_factory.mktemp("s3"))
-        env = (
-            dict(os.environ)
-            | s3.env()
-            | settings_env(
-                redis_url=redis_url, model=model_dir, result_store=STORE, torch_dtype=TEST_DTYPE
-            )
-        )
+        work = tmp_path_factory.mktemp("s3-results")
+        env = base_env(redis_url, work, model_dir) | s3.env() | settings_env(result_store=STORE)
         streaming = start_api(stack, env)
         presigning = start_api(stack, env | settings_env(result_urls="presigned"))
         start_worker(stack, env, "s3-worker")

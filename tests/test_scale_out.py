@@ -4,7 +4,6 @@ that come back by themselves after Redis loses them."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -15,10 +14,10 @@ from redis import Redis
 
 from service.dev import Stack
 from tests.harness import (
-    TEST_DTYPE,
     TINY_MODEL,
     Deployment,
     Worker,
+    base_env,
     deployment,
     poll,
     settings_env,
@@ -125,13 +124,7 @@ def test_the_model_record_returns_after_a_redis_restart(model_dir: Path, tmp_pat
     try:
         redis_url = start_redis(stack, tmp_path)
         port = Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
-        env = dict(os.environ) | settings_env(
-            redis_url=redis_url,
-            model=model_dir,
-            result_store=f"file://{tmp_path / 'results'}",
-            heartbeat_s=1,
-            torch_dtype=TEST_DTYPE,
-        )
+        env = base_env(redis_url, tmp_path / "results", model_dir) | settings_env(heartbeat_s=1)
         api = start_api(stack, env)
         with closing(api.client):
             start_worker(stack, env, "survives-redis")
