@@ -264,7 +264,10 @@ return QUEUED
 
 # A job found running is a retry after its worker died, so it may start again; its webhook
 # was told of `running` the first time. Given the starting worker, START refuses a job another
-# live worker runs, and records the worker as the job's holder, watched by REQUEUE.
+# live worker runs, and records the worker as the job's holder, watched by REQUEUE. A job that
+# worker already holds is its own START sent again (the reply was lost, and the client or the
+# worker resent it; worker ids are unique to a process): the run it began goes on, with no
+# attempt, event or write more.
 # START answers {outcome}, and for a job it started {running, params, the ids of the first
 # `lookahead` jobs waiting on the job's queue}: what its worker needs to begin the run (and to
 # look for jobs to batch with it) comes back in the same round trip.
@@ -290,8 +293,11 @@ START = (
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {MISSING} end
 if s ~= QUEUED and s ~= RUNNING then return {s} end
-if ARGV[2] and held_by_another(s, ARGV[2], tonumber(ARGV[3])) then return {TAKEN} end
-begin(s, ARGV[2])
+local again = s == RUNNING and ARGV[2] and redis.call('HGET', KEYS[1], 'worker') == ARGV[2]
+if not again then
+  if ARGV[2] and held_by_another(s, ARGV[2], tonumber(ARGV[3])) then return {TAKEN} end
+  begin(s, ARGV[2])
+end
 local params = redis.call('HGET', KEYS[1], 'params')
 local lookahead = tonumber(ARGV[4] or '0')
 if lookahead == 0 then return {RUNNING, params} end

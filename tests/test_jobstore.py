@@ -261,14 +261,31 @@ def test_start_runs_a_queued_job(r: Redis, api: Api, worker: WorkerJobStore) -> 
     assert_ttl(r, job_id, API_TTL_S)  # only a final state shortens the record's life
 
 
-def test_start_of_a_running_job_is_a_retry(r: Redis, api: Api, worker: WorkerJobStore) -> None:
+def test_start_of_a_running_job_is_a_retry(
+    r: Redis, api: Api, worker: WorkerJobStore, other_worker: WorkerJobStore
+) -> None:
     job_id = job_in(JobStatus.running, api, worker)
     first = record(worker, job_id).started_at
-    assert worker.start(job_id) is Outcome.running  # the next worker, after the first died
+    # The next worker, after the first died (it never beat, so it counts as gone).
+    assert other_worker.start(job_id) is Outcome.running
     job = record(worker, job_id)
     assert job.status is JobStatus.running and job.attempts == 2
     assert first is not None and job.started_at is not None and job.started_at >= first
+    assert r.hget(keys.job(job_id), "worker") == other_worker.worker
     assert stream(r, job_id) == [status("queued"), status("running"), status("running")]
+
+
+def test_start_again_by_its_holder_changes_nothing(
+    r: Redis, api: Api, worker: WorkerJobStore
+) -> None:
+    """The same worker's START resent (its reply lost): the run goes on as it began."""
+    job_id = api.create()
+    first = worker.begin(job_id, lookahead=2)
+    before = snapshot(r, job_id)
+    again = worker.begin(job_id, lookahead=2)
+    assert again == first and again.outcome is Outcome.running and again.params == PARAMS
+    assert snapshot(r, job_id) == before
+    assert record(worker, job_id).attempts == 1
 
 
 @pytest.mark.parametrize("state", FINAL)
