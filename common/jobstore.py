@@ -421,10 +421,12 @@ return s
 #   the attempts have used up its retries (or RQ no longer has the job to run);
 # - queued, yet taken off the queue by a worker that has not started it for over limbo_s (first
 #   noted by an earlier call): back at the front, nothing else changed;
+# - running on `giver`, the worker giving it back, which never ran it: as a silent holder's
+#   job, that start not counted as an attempt;
 # - anything else: left as it is, and dropped from the model's sets of jobs to watch.
 # Returns the job's state if this call changed it (queued, canceled or failed), else ''.
 # ARGV: maxlen, model, job id, silence_s, limbo_s, ttl, error when out of retries, error when
-# canceled, RQ's status of a queued job, RQ's status of a failed one.
+# canceled, RQ's status of a queued job, RQ's status of a failed one[, giver].
 REQUEUE = (
     _PRELUDE
     + _RECOVERY
@@ -467,8 +469,12 @@ local s = redis.call('HGET', KEYS[1], 'status')
 if s == RUNNING then
   redis.call('HDEL', limbo, job)
   local holder = redis.call('HGET', KEYS[1], 'worker')
+  -- Given back by the worker that holds it, which never ran it (its START rode a transaction
+  -- whose reply was lost): that start was no attempt.
+  local unrun = ARGV[11] ~= nil and holder == ARGV[11]
   -- A job started with no holder named is RQ's alone to watch.
-  if not holder or holds(model, holder, silence_s) then return '' end
+  if not holder or (not unrun and holds(model, holder, silence_s)) then return '' end
+  if unrun then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
   redis.call('SREM', running_key(model), job)
   local rq_job = rq_job_key(job)
   local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
@@ -581,9 +587,18 @@ class Transitions:
     def steer(self, job_id: str, worker: str | None = None) -> ScriptCall:
         return self._call(job_id, *([] if worker is None else [worker]))
 
-    def requeue(self, job_id: str, model: str, *, silence_s: float, limbo_s: float) -> ScriptCall:
+    def requeue(
+        self,
+        job_id: str,
+        model: str,
+        *,
+        silence_s: float,
+        limbo_s: float,
+        giver: str | None = None,
+    ) -> ScriptCall:
         """REQUEUE of a job of `model`: a running one whose worker has been silent longer than
-        `silence_s`, a dequeued one that no worker has started for longer than `limbo_s`."""
+        `silence_s`, a dequeued one that no worker has started for longer than `limbo_s`, or
+        one the worker `giver` started but never ran."""
         return self._call(
             job_id,
             model,
@@ -595,6 +610,7 @@ class Transitions:
             CANCELED_RUNNING,
             RqStatus.QUEUED.value,
             RqStatus.FAILED.value,
+            *([] if giver is None else [giver]),
         )
 
     def finish(

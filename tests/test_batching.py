@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from common import keys, workers
 from common.contract import GenerateParams, JobStatus
-from common.jobstore import CANCELED_RUNNING, Outcome
+from common.jobstore import CANCELED_RUNNING, START, Outcome, Started, decode_start
 from common.results import ResultStore, open_result_store
 from tests.test_recovery import (  # noqa: F401  (fixtures, used by name)
     MODEL,
@@ -41,6 +42,7 @@ from tests.test_recovery import (  # noqa: F401  (fixtures, used by name)
     reaper,
     record,
     rq,
+    rq_runs,
     rq_status,
     silence,
     statuses,
@@ -121,6 +123,85 @@ def test_start_answers_the_started_jobs_params_and_the_jobs_waiting_behind_it(
     assert jobs.cancel(behind[0]) is Outcome.canceled
     assert store.begin(behind[0], lookahead=2) == (Outcome.canceled, None, ())
     assert store.begin(behind[1]) == (Outcome.running, PARAMS, ())
+
+
+def start_in_rqs_transaction(rq: Redis, store: WorkerJobStore, job_id: str) -> Started:
+    """START as WarmWorker.execute_job sends it: in a transaction of RQ's client."""
+    with rq.pipeline() as pipe:
+        pipe.echo("RQ's commands")
+        store.begin_on(job_id, 2, pipe)
+        _, started = pipe.execute()
+    return decode_start(started)
+
+
+def test_start_in_rqs_transaction_answers_as_start_alone_and_noscript_leaves_the_job_queued(
+    r: Redis, rq: Redis, jobs: Jobs
+) -> None:
+    # WarmWorker.execute_job sends the runner's START in RQ's own transaction, on RQ's client.
+    store = worker_store(r)
+    first = jobs.create()
+    behind = [jobs.create() for _ in range(2)]
+    assert jobs.take().id == first
+    r.script_load(START)  # as the worker's own STARTs load it
+    assert start_in_rqs_transaction(rq, store, first) == (Outcome.running, PARAMS, tuple(behind))
+    assert record(r, first).status is JobStatus.running
+    # A Redis that has lost the script (restarted, flushed) answers NOSCRIPT in START's place,
+    # and runs the rest of the transaction; the job is left for the runner's own START.
+    r.script_flush()
+    with rq.pipeline() as pipe:
+        pipe.echo("RQ's commands")
+        store.begin_on(behind[0], 0, pipe)
+        echoed, refused = pipe.execute(raise_on_error=False)
+    assert echoed == b"RQ's commands"
+    assert isinstance(refused, NoScriptError)
+    assert record(r, behind[0]).status is JobStatus.queued
+    assert store.begin(behind[0]) == (Outcome.running, PARAMS, ())
+
+
+def test_start_in_rqs_transaction_sent_again_after_a_lost_reply_starts_the_job_once(
+    r: Redis, rq: Redis, jobs: Jobs
+) -> None:
+    # redis-py sends a transaction again when its reply does not come in time; so does the
+    # worker's own retry of START. The run the first began goes on, counted once.
+    store = worker_store(r)
+    job_id = jobs.create()
+    behind = [jobs.create() for _ in range(2)]
+    assert jobs.take().id == job_id
+    r.script_load(START)
+    first = start_in_rqs_transaction(rq, store, job_id)
+    assert first == (Outcome.running, PARAMS, tuple(behind))
+    assert start_in_rqs_transaction(rq, store, job_id) == first
+    assert store.begin(job_id, 2) == first
+    assert record(r, job_id).attempts == 1
+    assert statuses(r, job_id) == ["queued", "running"]
+
+
+def test_a_start_given_back_unrun_is_queued_at_the_front_with_its_attempt_returned(
+    r: Redis, rq: Redis, jobs: Jobs
+) -> None:
+    # The transaction carrying START failed past redis-py's retries, yet Redis applied it: the
+    # worker, which never ran the job, gives it back once Redis answers again.
+    store, other = worker_store(r), worker_store(r)
+    job_id = jobs.create()
+    behind = jobs.create()
+    assert jobs.take().id == job_id
+    r.script_load(START)
+    start_in_rqs_transaction(rq, store, job_id)
+    # Another live worker giving back a job it does not hold changes nothing.
+    reaper(r).give_back(job_id, other.worker)
+    assert record(r, job_id).status is JobStatus.running
+    reaper(r).give_back(job_id, store.worker)
+    job = record(r, job_id)
+    assert (job.status, job.attempts) == (JobStatus.queued, 0)
+    assert r.hget(keys.job(job_id), "worker") is None
+    assert waiting(r) == [job_id, behind]
+    assert rq_status(rq, job_id) == "queued"
+    assert rq_runs(r, job_id) == ([], [])
+    assert statuses(r, job_id) == ["queued", "running", "queued"]
+    # Its next run is its first attempt.
+    assert jobs.take().id == job_id
+    assert other.begin(job_id).outcome is Outcome.running
+    assert record(r, job_id).attempts == 1
 
 
 def test_take_moves_a_queued_job_off_the_queue_and_starts_it_on_the_worker(

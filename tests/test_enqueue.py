@@ -9,10 +9,8 @@ accepted job stays queued where the test put it.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -31,13 +29,7 @@ from tests.harness import (
     start_redis,
 )
 from tests.helpers import submit
-
-MONITOR_END = "sd3serve-test-monitor-end"
-
-
-def evalsha(script: str) -> str:
-    """How MONITOR shows a call of `script`, by its name and first argument."""
-    return f"EVALSHA {hashlib.sha1(script.encode()).hexdigest()}".upper()
+from tests.monitor import commands_sent, evalsha
 
 
 @pytest.fixture
@@ -60,43 +52,6 @@ def stack_of(tmp_path: Path, **settings: object) -> Iterator[tuple[Api, str]]:
             yield api, redis_url
     finally:
         stack.stop()
-
-
-@contextmanager
-def commands_sent(redis_url: str) -> Iterator[Callable[[], list[str]]]:
-    """The commands clients send Redis meanwhile, each as its name and its first argument (a
-    script's SHA-1), from MONITOR: the commands a script runs are left out, as the script is one
-    command, one round trip. Read with the function it yields, after the block."""
-    seen: list[str] = []
-    done = threading.Event()
-    with Redis.from_url(redis_url, decode_responses=True) as control:
-        # This test's own commands are left out too.
-        mine = control.client_info()["addr"]
-
-        def watch() -> None:
-            with Redis.from_url(redis_url) as redis, redis.monitor() as monitor:
-                while True:
-                    command = monitor.next_command()
-                    if command["client_type"] == "lua":
-                        continue
-                    if MONITOR_END in command["command"]:
-                        break
-                    if f"{command['client_address']}:{command['client_port']}" != mine:
-                        seen.append(command["command"])
-            done.set()
-
-        threading.Thread(target=watch, daemon=True).start()
-        poll(lambda: monitoring(control), "MONITOR to start", 30)
-        try:
-            yield lambda: [" ".join(command.split()[:2]).upper() for command in seen]
-        finally:
-            control.echo(MONITOR_END)
-            assert done.wait(30)
-
-
-def monitoring(control: Redis) -> bool:
-    """Whether Redis has run a MONITOR: it then shows every command that follows."""
-    return any(client["cmd"] == "monitor" for client in control.client_list())
 
 
 def test_a_post_is_one_redis_round_trip(bare: tuple[Api, str]) -> None:

@@ -245,6 +245,8 @@ def test_requeue_call_carries_rq_states_and_errors() -> None:
         RqStatus.QUEUED.value,
         RqStatus.FAILED.value,
     ]
+    given_back = Transitions(90).requeue("j", MODEL, silence_s=2.5, limbo_s=-1, giver="w-1")
+    assert given_back.args == [*call.args, "w-1"]
 
 
 # START: the holder

@@ -14,7 +14,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker, get_current_job
 from rq.job import JobStatus
 
-from common import keys
+from common import jobstore, keys
 from service.dev import Stack, free_port
 from tests.harness import (
     START_TIMEOUT_S,
@@ -29,6 +29,7 @@ from tests.harness import (
     worker_count,
 )
 from tests.helpers import first_progress, submit, wait_final
+from tests.monitor import Sent, commands_sent, evalsha
 from worker.main import WarmWorker
 
 pytestmark = pytest.mark.stack
@@ -302,3 +303,41 @@ def test_a_job_starts_with_rqs_records_in_two_round_trips_fewer(
     assert seen[plain_name]["worker state"] == b"busy"
     (rq_exec, rq_commands), (exec_, commands) = trips[plain_name], trips[idle_worker.name]
     assert (exec_, commands) == (rq_exec - 1, rq_commands - 3)  # a MULTI, an EXEC, an HSET
+
+
+def start_calls(sent: Sent) -> tuple[int, int]:
+    """START's calls inside a transaction (RQ's, WarmWorker.execute_job) and outside one."""
+    inside = outside = 0
+    for commands in sent.by_client().values():
+        transaction = False
+        for command in commands:
+            if command in ("MULTI", "EXEC"):
+                transaction = command == "MULTI"
+            elif command == evalsha(jobstore.START):
+                inside, outside = (inside + 1, outside) if transaction else (inside, outside + 1)
+    return inside, outside
+
+
+def test_a_job_starts_in_rqs_transaction_and_after_a_redis_lost_the_script_too(
+    bare: Deployment,
+) -> None:
+    api = bare.api
+    worker = start_worker(bare.stack, bare.env, "lifecycle-start")
+    poll(lambda: worker_count(api) == 1, "the worker")
+    with Redis.from_url(bare.redis_url) as redis:
+        for prompt, flushed, starts in (
+            ("loads the script", False, None),  # the first START may find it missing
+            ("then goes in RQ's transaction", False, (1, 0)),
+            # NOSCRIPT in the transaction: the runner sends START itself, which loads it.
+            ("after a flush", True, (1, 2)),
+            ("and again in the transaction", False, (1, 0)),
+        ):
+            if flushed:
+                redis.script_flush()
+            with commands_sent(bare.redis_url) as sent:
+                job = wait_final(api, submit(api, prompt=prompt, steps=2).json()["id"])
+            assert (job["status"], job["attempts"]) == ("succeeded", 1), job
+            if starts is not None:
+                assert start_calls(sent) == starts, sent.by_client()
+    worker.process.terminate()
+    assert worker.process.wait(timeout=60) == 0

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from redis import Redis
@@ -56,6 +56,18 @@ RQ_WORKER_TTL_S = 16
 PUBSUB_RETRY_S = 2.0
 
 
+class Starter(Protocol):
+    """Who starts the jobs a worker runs (worker.runner.JobRunner), in RQ's transaction."""
+
+    def start_on(self, job_id: str, pipe: Pipeline) -> None:
+        """Queue the job's START on `pipe`, RQ's transaction recording that it starts."""
+        ...
+
+    def started_on(self, job_id: str, reply: object) -> None:
+        """The transaction's reply to that START: a value, or the error in its place."""
+        ...
+
+
 class WarmWorker(SimpleWorker):
     """Runs jobs in this very process, and rides out Redis outages.
 
@@ -67,11 +79,15 @@ class WarmWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         # `run` shares its own; a worker built alone (as tests do) has one to itself.
         self.outage = Outage()
-        # Puts a job this worker popped but could not start back on its queue (`run` sets it).
+        # Puts a job this worker popped but never ran back on its queue (`run` sets it).
         self.give_back: Callable[[str], None] = _keep
         self._born = False
         # The job whose start execute_job has already sent (prepare_job_execution skips it).
         self._started: str | None = None
+        # The job popped and not yet handed to the runner: given back should Redis fail first.
+        self._in_hand: str | None = None
+        # Sends each job's own START in the transaction that records its start (`run` sets it).
+        self.starter: Starter | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -87,14 +103,13 @@ class WarmWorker(SimpleWorker):
         RQ's own loop quits for good on the first error from Redis, so a worker would have to be
         restarted, and reload its pipeline, after any Redis restart. Here an outage costs only
         the wait: Redis is tried again with a growing backoff, logged once per outage, and a
-        stop is honoured within a moment. A job popped but not started when Redis went away is
-        put back on its queue once Redis is back; one the runner started, it finishes itself.
+        stop is honoured within a moment. A job popped but not yet run when Redis went away is
+        put back on its queue once Redis is back; one the runner has, it finishes itself.
         """
         for logger in ("rq.worker", "rq.job"):
             setup_loghandlers(logging_level, name=logger)
         self.listen_for_stop()
         registered = False
-        in_hand: str | None = None
         delay = RETRY_FIRST_S
         try:
             while not self._stop_requested:
@@ -102,9 +117,9 @@ class WarmWorker(SimpleWorker):
                     if not registered:
                         self._register()
                         registered = True
-                    if in_hand is not None:
-                        self.give_back(in_hand)
-                        in_hand = None
+                    if self._in_hand is not None:
+                        self.give_back(self._in_hand)
+                        self._in_hand = None
                     self.check_for_suspension(burst=False)
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
@@ -112,9 +127,8 @@ class WarmWorker(SimpleWorker):
                     if result is None:
                         break
                     job, queue = result
-                    in_hand = job.id
+                    self._in_hand = job.id
                     self.execute_job(job, queue)
-                    in_hand = None
                 except REDIS_DOWN as exc:
                     self.outage.failed(exc)
                     # RQ's record of a run cut short is left for the reaper: this worker stops
@@ -239,21 +253,40 @@ class WarmWorker(SimpleWorker):
         return None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """RQ's SimpleWorker.execute_job in two round trips fewer.
+        """RQ's SimpleWorker.execute_job in two round trips fewer, and the job's START in the
+        round trip that is left.
 
         RQ records the execution in one transaction (`prepare_execution`) and marks the job
         started in a second (`prepare_job_execution`, first thing in `perform_job`): here both
-        are one, the job's queue wait a round trip shorter. RQ then marks the worker idle in a
-        round trip of its own; the next dequeue sends that with its heartbeat anyway.
+        are one, the job's queue wait a round trip shorter. The starter (the runner) queues the
+        job's own START on it too, another round trip fewer before denoising; should Redis
+        answer that START with an error, the starter sends it again itself. RQ then marks the
+        worker idle in a round trip of its own; the next dequeue sends that with its heartbeat
+        anyway.
+
+        redis-py sends a transaction again when its reply does not come in time, so Redis may
+        apply it twice: RQ's commands write the same values again, and START again by the job's
+        holder changes nothing. Should it fail outright, the job is still in hand, started or
+        not: `serve` gives it back once Redis answers, an unrun start not counted as an attempt.
         """
         ttl = self.get_heartbeat_ttl(job)
+        starter = self.starter
         with self.connection.pipeline() as pipe:
             execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
             self.executions[execution.id] = execution
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             self._mark_started(job, ttl, pipe)
-            pipe.execute()
+            if starter is not None:
+                starter.start_on(job.id, pipe)
+            replies = pipe.execute(raise_on_error=False)
+        if starter is not None:
+            # Its error is the starter's to handle (NOSCRIPT: it sends START itself).
+            starter.started_on(job.id, replies.pop())
+        for reply in replies:
+            if isinstance(reply, Exception):  # as RQ's own execute would
+                raise reply
         self._started = job.id
+        self._in_hand = None  # the runner's from here, outages included
         self.perform_job(job, queue, execution)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
@@ -482,6 +515,7 @@ def run(settings: WorkerSettings) -> None:
         png=settings.png_options(),
     )
     tasks.install(runner)
+    worker.starter = runner
     # Each thread its own client, so that no thread's commands queue behind another's.
     reaper = Reaper(
         connect(url, decode=True),
@@ -490,7 +524,7 @@ def run(settings: WorkerSettings) -> None:
         silence_s=settings.silence_s,
         outage=outage,
     )
-    worker.give_back = reaper.give_back
+    worker.give_back = lambda job_id: reaper.give_back(job_id, worker_id)
     # RQ's expiry of a running job, pushed ahead by every beat: past the reapers' deadline, so
     # that a job of a worker that died is taken back by a reaper, never abandoned by RQ too.
     rq_ttl_s = math.ceil(settings.worker_lost_after_s) + 60

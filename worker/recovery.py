@@ -168,16 +168,22 @@ class Reaper:
                 log.warning("job %s: its worker is gone; the job is now %s", job_id, outcome)
         return done
 
-    def give_back(self, job_id: str) -> None:
-        """Put back at the front of the queue a job this worker popped but could not start (an
-        outage came between): at once, since this worker knows it will not start it."""
-        # Infinite silence: a job some worker did start is never taken from that worker here.
-        outcome = self.requeue(job_id, silence_s=workers.FORGET_AFTER_S, limbo_s=-1)
+    def give_back(self, job_id: str, worker: str) -> None:
+        """Put back at the front of the queue a job the worker `worker` popped but never ran (an
+        outage came between): at once, since that worker knows it will not run it. Its START,
+        which rides the transaction recording the start, may have been applied with the reply
+        lost: a job started on `worker` goes back too, that start not counted as an attempt."""
+        # Infinite silence: a job another worker started is never taken from it here.
+        outcome = self.requeue(job_id, silence_s=workers.FORGET_AFTER_S, limbo_s=-1, giver=worker)
         if outcome is not None:
             log.warning("job %s: taken off the queue before an outage; put back", job_id)
 
-    def requeue(self, job_id: str, *, silence_s: float, limbo_s: float) -> Outcome | None:
-        call = self.transitions.requeue(job_id, self.model, silence_s=silence_s, limbo_s=limbo_s)
+    def requeue(
+        self, job_id: str, *, silence_s: float, limbo_s: float, giver: str | None = None
+    ) -> Outcome | None:
+        call = self.transitions.requeue(
+            job_id, self.model, silence_s=silence_s, limbo_s=limbo_s, giver=giver
+        )
         return jobstore.decode_requeued(self._requeue(keys=call.keys, args=call.args))
 
     def _redis_uptime(self) -> float:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from PIL.Image import Image
+from redis.client import Pipeline
 
 from common.contract import GenerateParams, JobStatus, Timings
-from common.jobstore import CANCELED_RUNNING, Outcome, Steer
+from common.jobstore import CANCELED_RUNNING, Outcome, Started, Steer, decode_start
 from common.results import ResultStore
 from worker import metrics
 from worker.batch import LOOKAHEAD, pick
@@ -92,6 +93,8 @@ class JobRunner:
         self._progress = progress
         # The jobs started and not yet ended here, for the heartbeat to report.
         self.held: list[str] = []
+        # START's reply for a job, carried by RQ's transaction (`start_on`), until `run` reads it.
+        self._answered: tuple[str, object] | None = None
         # Both PNG encoders (ISA-L and numpy, or Pillow's zlib) release the GIL while they
         # compress, so a job's images encode side by side.
         self.encoder = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encode")
@@ -109,9 +112,34 @@ class JobRunner:
         finally:
             self.held = []
 
+    @property
+    def lookahead(self) -> int:
+        """The jobs START lists behind the one it starts, to batch with it."""
+        return LOOKAHEAD if self.max_batch > 1 else 0
+
+    def start_on(self, job_id: str, pipe: Pipeline) -> None:
+        """Queue the START of the job RQ hands over next on `pipe`: RQ's transaction recording
+        that the job starts (worker.main.WarmWorker.execute_job), which carries it a round
+        trip sooner than `run` could send it. `started_on` takes the reply."""
+        self._answered = None
+        self.store.begin_on(job_id, self.lookahead, pipe)
+
+    def started_on(self, job_id: str, reply: object) -> None:
+        """START's reply from RQ's transaction, for `run` to read in the job: a reply it cannot
+        read fails that job, as START's own would."""
+        self._answered = (job_id, reply)
+
+    def _start(self, job_id: str) -> Started:
+        """START's answer: the one RQ's transaction carried, else START sent now. An error in
+        its place (NOSCRIPT from a Redis that lost the script, which `begin` loads) is sent
+        again too."""
+        answered, self._answered = self._answered, None
+        if answered is None or answered[0] != job_id or isinstance(answered[1], Exception):
+            return self._through_outage(lambda: self.store.begin(job_id, self.lookahead))
+        return decode_start(answered[1])
+
     def _run(self, job_id: str) -> str:
-        lookahead = LOOKAHEAD if self.max_batch > 1 else 0
-        started = self._through_outage(lambda: self.store.begin(job_id, lookahead))
+        started = self._start(job_id)
         if started.params is None:  # not started: what START answers instead of running
             log.info("job %s not started: it is %s", job_id, started.outcome)
             return started.outcome

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Sequence
 
 from redis import Redis
+from redis.client import Pipeline
 
 from common import jobstore, keys
 from common.contract import GenerateParams, JobStatus, Timings
@@ -61,6 +62,15 @@ class WorkerJobStore:
         first `lookahead` jobs waiting behind it on its queue: one round trip."""
         call = self.transitions.start(job_id, self.holder, lookahead)
         return jobstore.decode_start(self._start(keys=call.keys, args=call.args))
+
+    def begin_on(self, job_id: str, lookahead: int, pipe: Pipeline) -> None:
+        """`begin`'s START, queued on `pipe` (a transaction of any client: RQ's own, say) to
+        answer with its other commands; `jobstore.decode_start` reads the reply. Sent by its
+        SHA-1 alone: a pipeline asked to run a Script first asks Redis whether it has it, a
+        round trip of its own. A Redis that has lost it (restarted, flushed) answers NOSCRIPT
+        in its place, and the caller sends `begin`, which loads it."""
+        call = self.transitions.start(job_id, self.holder, lookahead)
+        pipe.evalsha(self._start.sha, len(call.keys), *call.keys, *call.args)
 
     def params_of(self, ids: Sequence[str]) -> list[tuple[str, GenerateParams | None]]:
         """Each job with its parameters (None for a job whose record is gone)."""
