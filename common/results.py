@@ -29,6 +29,9 @@ from common.contract import JOB_ID, OutputFormat
 
 # SigV4 refuses to sign a URL valid for longer than seven days.
 MAX_PRESIGN_S = 7 * 24 * 3600
+# Tries to make a job's folder and a file in it, each of which a concurrent purge can undo by
+# removing the folder while it is still empty: twice in a row takes two purges in a moment.
+PUT_TRIES = 3
 
 _FILE_SCHEME = "file://"
 _S3_SCHEME = "s3://"
@@ -84,9 +87,8 @@ class LocalResultStore:
 
     def put(self, job_id: str, index: int, data: bytes, fmt: OutputFormat) -> None:
         path = self.root / _image_name(job_id, index, fmt)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a reader never sees half an image.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = self._temporary_file(path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -94,6 +96,18 @@ class LocalResultStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @staticmethod
+    def _temporary_file(folder: Path) -> tuple[int, str]:
+        """A new temporary file in the job's folder, made if need be. Another worker's purge
+        removes every empty job folder, so one made here can go before the file is in it: then
+        it is made again."""
+        for _ in range(PUT_TRIES - 1):
+            folder.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                return tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=folder, prefix=".tmp-")
 
     def get(self, job_id: str, index: int, fmt: OutputFormat) -> StoredImage | None:
         if not JOB_ID.match(job_id):
@@ -130,8 +144,8 @@ class LocalResultStore:
                         path.unlink()
                         if _IMAGE_FILE.match(path.name):
                             purged += 1
-            # Fails while anything is left. A put racing this rmdir would need a job whose
-            # images all outlived the TTL to get a new one, which does not happen.
+            # Fails while anything is left. It can take the folder a put has just made, before
+            # the put's file is in it: the put makes it again (`_temporary_file`).
             with contextlib.suppress(OSError):
                 job_dir.rmdir()
         return purged

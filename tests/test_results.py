@@ -162,6 +162,27 @@ def test_local_layout_and_no_leftover_temporary_files(tmp_path: Path) -> None:
     assert (tmp_path / JOB / "3.webp").read_bytes() == b"webp-bytes"
 
 
+def test_local_put_survives_a_purge_that_takes_its_new_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another worker's purge removes every empty job folder: one can go between the put
+    # making its job's folder and creating its file there.
+    store, purger = LocalResultStore(tmp_path), LocalResultStore(tmp_path)
+    make_folder = Path.mkdir
+    purges: list[int] = []
+
+    def mkdir_then_purge(self: Path, *args: Any, **kwargs: Any) -> None:
+        make_folder(self, *args, **kwargs)
+        if self.name == JOB and len(purges) < 2:
+            purges.append(purger.purge_older_than(3600))
+            assert not self.exists()
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_purge)
+    store.put(JOB, 0, b"png-bytes", OutputFormat.png)
+    assert purges == [0, 0]
+    assert store.get(JOB, 0, OutputFormat.png) == StoredImage(b"png-bytes", "image/png")
+
+
 def test_local_store_cannot_presign(tmp_path: Path) -> None:
     store = open_result_store(f"file://{tmp_path}")
     assert not store.supports_presigned_urls
