@@ -125,6 +125,16 @@ def test_start_answers_the_started_jobs_params_and_the_jobs_waiting_behind_it(
     assert store.begin(behind[1]) == (Outcome.running, PARAMS, ())
 
 
+def popped_with(r: Redis, jobs: Jobs, behind: int) -> tuple[str, list[str]]:
+    """A job RQ popped for a worker, with `behind` jobs queued after it; START's script loaded,
+    as the worker's own STARTs load it."""
+    job_id = jobs.create()
+    waiting_ids = [jobs.create() for _ in range(behind)]
+    assert jobs.take().id == job_id
+    r.script_load(START)
+    return job_id, waiting_ids
+
+
 def start_in_rqs_transaction(rq: Redis, store: WorkerJobStore, job_id: str) -> Started:
     """START as WarmWorker.execute_job sends it: in a transaction of RQ's client."""
     with rq.pipeline() as pipe:
@@ -139,10 +149,7 @@ def test_start_in_rqs_transaction_answers_as_start_alone_and_noscript_leaves_the
 ) -> None:
     # WarmWorker.execute_job sends the runner's START in RQ's own transaction, on RQ's client.
     store = worker_store(r)
-    first = jobs.create()
-    behind = [jobs.create() for _ in range(2)]
-    assert jobs.take().id == first
-    r.script_load(START)  # as the worker's own STARTs load it
+    first, behind = popped_with(r, jobs, behind=2)
     assert start_in_rqs_transaction(rq, store, first) == (Outcome.running, PARAMS, tuple(behind))
     assert record(r, first).status is JobStatus.running
     # A Redis that has lost the script (restarted, flushed) answers NOSCRIPT in START's place,
@@ -164,10 +171,7 @@ def test_start_in_rqs_transaction_sent_again_after_a_lost_reply_starts_the_job_o
     # redis-py sends a transaction again when its reply does not come in time; so does the
     # worker's own retry of START. The run the first began goes on, counted once.
     store = worker_store(r)
-    job_id = jobs.create()
-    behind = [jobs.create() for _ in range(2)]
-    assert jobs.take().id == job_id
-    r.script_load(START)
+    job_id, behind = popped_with(r, jobs, behind=2)
     first = start_in_rqs_transaction(rq, store, job_id)
     assert first == (Outcome.running, PARAMS, tuple(behind))
     assert start_in_rqs_transaction(rq, store, job_id) == first
@@ -182,10 +186,7 @@ def test_a_start_given_back_unrun_is_queued_at_the_front_with_its_attempt_return
     # The transaction carrying START failed past redis-py's retries, yet Redis applied it: the
     # worker, which never ran the job, gives it back once Redis answers again.
     store, other = worker_store(r), worker_store(r)
-    job_id = jobs.create()
-    behind = jobs.create()
-    assert jobs.take().id == job_id
-    r.script_load(START)
+    job_id, behind = popped_with(r, jobs, behind=1)
     start_in_rqs_transaction(rq, store, job_id)
     # Another live worker giving back a job it does not hold changes nothing.
     reaper(r).give_back(job_id, other.worker)
@@ -194,7 +195,7 @@ def test_a_start_given_back_unrun_is_queued_at_the_front_with_its_attempt_return
     job = record(r, job_id)
     assert (job.status, job.attempts) == (JobStatus.queued, 0)
     assert r.hget(keys.job(job_id), "worker") is None
-    assert waiting(r) == [job_id, behind]
+    assert waiting(r) == [job_id, *behind]
     assert rq_status(rq, job_id) == "queued"
     assert rq_runs(r, job_id) == ([], [])
     assert statuses(r, job_id) == ["queued", "running", "queued"]
