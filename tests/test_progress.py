@@ -118,22 +118,45 @@ def test_steps_coalesce_into_one_write_per_flush(r: Redis, store: WorkerJobStore
         assert progress_steps(r, job_id) == [50, 100]
 
 
-def test_untrack_writes_the_last_step_before_it_returns(r: Redis, store: WorkerJobStore) -> None:
+def test_untrack_writes_the_pending_step_before_it_returns(r: Redis, store: WorkerJobStore) -> None:
+    job_id = running_job(r, store)
+    with reporter(store, NEVER_S) as progress:
+        progress.track([job_id])
+        for step in range(1, 28):  # short of the last step, which the thread writes at once
+            progress.step(job_id, step, 28)
+        assert progress.untrack(job_id) is Steer.go
+        assert recorded_step(r, job_id) == 27
+        progress.step(job_id, 28, 28)  # a job no longer tracked: ignored
+        progress.flush()
+    store.finish(job_id, JobStatus.succeeded, timings=Timings())
+    events = stream(r, job_id)
+    assert events[-2:] == [
+        ("progress", {"step": 27, "total": 28}),
+        ("status", {"status": "succeeded"}),
+    ]
+
+
+def test_the_last_step_is_written_at_once_and_once(r: Redis, store: WorkerJobStore) -> None:
     job_id = running_job(r, store)
     with reporter(store, NEVER_S) as progress:
         progress.track([job_id])
         for step in range(1, 29):
             progress.step(job_id, step, 28)
+        written(r, job_id, 28)  # by the thread, long before its interval
         assert progress.untrack(job_id) is Steer.go
-        assert recorded_step(r, job_id) == 28
-        progress.step(job_id, 29, 28)  # a job no longer tracked: ignored
-        progress.flush()
     store.finish(job_id, JobStatus.succeeded, timings=Timings())
-    events = stream(r, job_id)
-    assert events[-2:] == [
-        ("progress", {"step": 28, "total": 28}),
-        ("status", {"status": "succeeded"}),
-    ]
+    assert progress_steps(r, job_id) == [28]
+    assert stream(r, job_id)[-1] == ("status", {"status": "succeeded"})
+
+
+def test_a_cancel_before_the_last_steps_write_still_counts(r: Redis, store: WorkerJobStore) -> None:
+    job_id = running_job(r, store)
+    with reporter(store, NEVER_S) as progress:
+        progress.track([job_id])
+        assert cancel(r, job_id) is Outcome.cancel_requested
+        progress.step(job_id, 8, 8)
+        # Whoever writes the last step, the thread or untrack, its answer is the job's.
+        assert progress.untrack(job_id) is Steer.cancel
 
 
 def test_the_thread_writes_each_step_in_order(r: Redis, store: WorkerJobStore) -> None:

@@ -14,9 +14,12 @@ needs nothing added to what CANCEL writes, and a subscriber would have to read t
 after each reconnection to learn what it missed while away; one round trip per interval for
 all the jobs together costs Redis next to nothing.
 
-`untrack` writes the job's pending step on the caller's thread before forgetting the job, and
-holds the lock the reporter holds over its own round trips: so the job's last progress event
-lands before the caller writes its final state, and no write of the job follows.
+A job's last step is written at once, not at the next interval: the reporter writes it while
+the pipeline decodes the latents, so that the round trip is off the job's path to its final
+state. `untrack` writes the job's pending step on the caller's thread, if the reporter has not,
+before forgetting the job, and holds the lock the reporter holds over its own round trips: so
+the job's last progress event lands before the caller writes its final state, and no write of
+the job follows.
 
 A Redis outage costs the denoising thread nothing. A failed round trip is reported to the
 process's Outage, its steps are kept (unless newer ones came meanwhile) and retried at the next
@@ -63,18 +66,22 @@ class ProgressReporter:
         # Held over each round trip, so that a job's writes land in the order of its steps.
         self._writing = threading.Lock()
         self._stopping = threading.Event()
+        # Set to write before the interval is up: a job's last step, or stop().
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("the progress reporter is already started")
         self._stopping.clear()
+        self._wake.clear()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread; steps still pending are not written (untrack each job for that)."""
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -86,12 +93,15 @@ class ProgressReporter:
                 self._jobs[job_id] = _Job()
 
     def step(self, job_id: str, step: int, total: int) -> None:
-        """Note the job's progress, for the reporter to write; a job not tracked is ignored (a
-        batch may still step a job it has dropped)."""
+        """Note the job's progress, for the reporter to write, at once if it is the last step;
+        a job not tracked is ignored (a batch may still step a job it has dropped)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is not None:
-                job.pending = (step, total)
+            if job is None:
+                return
+            job.pending = (step, total)
+        if step >= total:
+            self._wake.set()
 
     def steer(self, job_id: str) -> Steer:
         """What to do with the job, as Redis last answered: go on, cancel it, or leave it (also
@@ -155,7 +165,11 @@ class ProgressReporter:
             return [jobstore.decode_steer(reply) for reply in pipe.execute()]
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.interval_s):
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
             try:
                 self.flush()
             except Exception:  # a bug must not end the thread that keeps every cancel flag
