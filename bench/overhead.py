@@ -9,14 +9,16 @@ swapping which goes first on every run so neither always follows the other. Both
 in float32, so the only difference is the serving. Prints each median and served / direct
 against issue 26's targets, then where the served time went: the job's own timings (its wait on
 the queue, the pipeline call, encoding and storing the images, from acceptance to the final
-state) and the rest, HTTP and the API on both sides of the job; the spread of the direct
-calls (the 10th to the 90th percentile), which bounds the difference a run can resolve; and
-the serving's own parts (queue wait, encode and store, HTTP and the API) over the direct
-median, plus one. That last figure leaves out pipeline - direct: the same code in two
-processes, which on a shared 2-core machine swings by ±30 ms from one run to the next (so
-served / direct does too), while the parts it keeps hold within a millisecond or two. It would
-also hide a served pipeline call slower than the direct one for a reason of the service's
-own; pipeline - direct, over several runs, is where that would show.
+state, and the rest of the worker's part: from START to the pipeline call, and from the images
+stored to the final state) and the rest, HTTP and the API on both sides of the job; the spread
+of the direct calls (the 10th to the 90th percentile), which bounds the difference a run can
+resolve; and the serving's own cost: each served request's time outside its pipeline call
+(all of the above but the call), its median over the direct median, plus one. That last figure
+leaves out pipeline - direct: the same code in two processes, which on a shared 2-core machine
+swings by ±30 ms from one run to the next (so served / direct does too), while the time
+outside the call holds within a millisecond or two. It would also hide a served pipeline call
+slower than the direct one for a reason of the service's own; pipeline - direct, over several
+runs, is where that would show.
 
 The served requests go out on the standard library's http.client over one kept-alive
 connection: httpx spends about 0.8 ms of this machine's time on each request and its answer
@@ -181,19 +183,27 @@ def main() -> None:
         )
     print("where the served time went (medians, ms):")
     print(
-        "  case      queue wait  pipeline - direct  encode+store  HTTP+API  direct p10..p90"
-        "  serving's own"
+        "  case      queue wait  encode+store  rest of job  HTTP+API  outside the call"
+        "  pipeline - direct  direct p10..p90  serving's own"
     )
     for case in results:
         ms = {k: statistics.median(t[k] for t in case.timings) * 1000 for k in case.timings[0]}
-        rest = statistics.median(case.served) * 1000 - ms["total"]
+        rest_of_job = statistics.median(
+            t["total"] - t["queue_wait"] - t["inference"] - t["encode"] for t in case.timings
+        )
+        http_api = statistics.median(
+            served - t["total"] for served, t in zip(case.served, case.timings, strict=True)
+        )
+        outside = statistics.median(
+            served - t["inference"] for served, t in zip(case.served, case.timings, strict=True)
+        )
         direct_ms = statistics.median(case.direct) * 1000
         deciles = statistics.quantiles(case.direct, n=10)
-        own = 1 + (ms["queue_wait"] + ms["encode"] + rest) / direct_ms
+        own = 1 + outside * 1000 / direct_ms
         print(
-            f"  {case.side}²/{case.steps:<3} {ms['queue_wait']:10.1f}"
+            f"  {case.side}²/{case.steps:<3} {ms['queue_wait']:10.1f} {ms['encode']:13.1f}"
+            f" {rest_of_job * 1000:12.1f} {http_api * 1000:9.1f} {outside * 1000:17.1f}"
             f" {ms['inference'] - direct_ms:18.1f}"
-            f" {ms['encode']:13.1f} {rest:9.1f}"
             f"  {deciles[0] * 1000:.0f}..{deciles[-1] * 1000:.0f}{own:15.3f}"
         )
 
