@@ -5,12 +5,14 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from redis import Redis
+from redis.connection import AbstractConnection
 from rq import Queue, SimpleWorker, get_current_job
 from rq.job import JobStatus
 
@@ -250,15 +252,40 @@ def test_a_failed_generation_is_a_job_state(bare: Deployment, tmp_path: Path) ->
     assert worker.process.wait(timeout=60) == 0
 
 
+class RoundTrips:
+    """Round trips to Redis made in this process since the latest pop of a job (BLMOVE): each
+    single command or pipeline is one write of packed commands."""
+
+    def __init__(self) -> None:
+        self.since_pop = 0
+
+    def __call__(self, send: Callable[..., None]) -> Callable[..., None]:
+        def counted(
+            connection: object, command: bytes | list[bytes], *args: Any, **kw: Any
+        ) -> None:
+            packed = command if isinstance(command, bytes) else b"".join(command)
+            self.since_pop = 0 if b"BLMOVE" in packed else self.since_pop + 1
+            send(connection, command, *args, **kw)
+
+        return counted
+
+
+TRIPS = RoundTrips()
+
+
 def rq_records_of_the_running_job() -> dict[str, object]:
-    """What RQ's records say of the job running this, read from within it (a job function)."""
+    """What RQ's records say of the job running this, read from within it (a job function),
+    and the round trips made from the pop of the job to this call."""
+    trips = TRIPS.since_pop
     job = get_current_job()
     assert job is not None and job.worker_name is not None
     redis = job.connection
     queue = Queue(job.origin, connection=redis)
     (execution,) = job.get_executions()
     return {
+        "round trips": trips,
         "status": job.get_status(refresh=True),
+        "started at": job.started_at is not None,
         "persisted": redis.ttl(job.key) == -1,
         "last heartbeat": job.last_heartbeat is not None,
         "worker state": redis.hget(f"rq:worker:{job.worker_name}", "state"),
@@ -268,41 +295,59 @@ def rq_records_of_the_running_job() -> dict[str, object]:
     }
 
 
-def transactions_and_commands(redis: Redis) -> tuple[int, int]:
-    stats = redis.info("commandstats")
-    return stats.get("cmdstat_exec", {}).get("calls", 0), sum(s["calls"] for s in stats.values())
-
-
-def test_a_job_starts_with_rqs_records_in_two_round_trips_fewer(
-    idle_worker: WarmWorker, bare: Deployment
+def test_a_job_starts_with_rqs_records_in_one_round_trip_after_its_pop(
+    idle_worker: WarmWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # WarmWorker.execute_job writes the commands of RQ's two preparing transactions as one and
-    # leaves the worker's idle state to its next dequeue: RQ's records must not notice.
+    # WarmWorker reads the popped job and writes the commands of RQ's two preparing
+    # transactions in one transaction, and leaves the worker's idle state to its next dequeue:
+    # RQ's records must not notice.
+    monkeypatch.setattr(
+        AbstractConnection, "send_packed_command", TRIPS(AbstractConnection.send_packed_command)
+    )
     connection = idle_worker.connection
     plain_name = f"{idle_worker.name}-rq"
     plain = SimpleWorker(
         [Queue(plain_name, connection=connection)], connection=connection, name=plain_name
     )
     seen: dict[str, dict[str, object]] = {}
-    trips: dict[str, tuple[int, int]] = {}
     for worker in (plain, idle_worker):
         queued = worker.queues[0].enqueue(rq_records_of_the_running_job)
         dequeued = worker.dequeue_job_and_maintain_ttl(timeout=5)
         assert dequeued is not None and dequeued[0].id == queued.id
-        before = transactions_and_commands(connection)
         worker.execute_job(*dequeued)
-        after = transactions_and_commands(connection)
         assert queued.get_status(refresh=True) is JobStatus.FINISHED
         records = queued.return_value()
         assert isinstance(records, dict)
         assert records.pop("started registry") == [queued.id]
         seen[worker.name] = records
-        trips[worker.name] = (after[0] - before[0], after[1] - before[1])
+    trips = {name: records.pop("round trips") for name, records in seen.items()}
     assert seen[idle_worker.name] == seen[plain_name]
     assert seen[plain_name]["status"] is JobStatus.STARTED
     assert seen[plain_name]["worker state"] == b"busy"
-    (rq_exec, rq_commands), (exec_, commands) = trips[plain_name], trips[idle_worker.name]
-    assert (exec_, commands) == (rq_exec - 1, rq_commands - 3)  # a MULTI, an EXEC, an HSET
+    # RQ's: its read of the job, a heartbeat's three commands one by one, its two transactions.
+    assert (trips[plain_name], trips[idle_worker.name]) == (6, 1)
+
+
+def test_a_popped_job_rq_no_longer_has_is_passed_by(idle_worker: WarmWorker) -> None:
+    # Deleted or expired between its enqueue and its pop: RQ's dequeue passes it by, and so
+    # does WarmWorker, whose start (written before it reads the job) leaves nothing behind.
+    connection = idle_worker.connection
+    queue = idle_worker.queues[0]
+    gone = queue.enqueue(rq_records_of_the_running_job)
+    connection.delete(gone.key)
+    dequeued = idle_worker.dequeue_job_and_maintain_ttl(timeout=5)
+    assert dequeued is not None and dequeued[0].id == gone.id
+    idle_worker.execute_job(*dequeued)
+    assert connection.exists(gone.key) == 0
+    assert queue.started_job_registry.get_job_ids() == []
+    assert connection.keys(f"*{gone.id}*") == []
+    assert idle_worker.executions == {}
+    # The next job runs as any does.
+    queued = queue.enqueue(rq_records_of_the_running_job)
+    dequeued = idle_worker.dequeue_job_and_maintain_ttl(timeout=5)
+    assert dequeued is not None and dequeued[0].id == queued.id
+    idle_worker.execute_job(*dequeued)
+    assert queued.get_status(refresh=True) is JobStatus.FINISHED
 
 
 def start_calls(sent: Sent) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job
 from rq.logutils import setup_loghandlers
-from rq.utils import now
+from rq.utils import as_text, get_version, now
 from rq.worker.base import WorkerStatus
 
 from common import keys, workers
@@ -46,6 +46,8 @@ log = logging.getLogger("sd3serve.worker")
 
 # How long an idle worker blocks on the queue before it looks at its stop flag again.
 IDLE_POLL_S = 1
+# The Redis that has LMOVE, which RQ's dequeue uses from then on.
+LMOVE_SINCE = (6, 2, 0)
 # How often a worker deletes images older than the result TTL.
 PURGE_EVERY_S = 600
 # RQ sets its connection's socket timeout to this less 5 s (11 s): a Redis that stops answering
@@ -234,14 +236,7 @@ class WarmWorker(SimpleWorker):
             if self.should_run_maintenance_tasks:
                 self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
             try:
-                result = self.queue_class.dequeue_any(
-                    self._ordered_queues,
-                    min(timeout, IDLE_POLL_S),
-                    connection=self.connection,
-                    job_class=self.job_class,
-                    serializer=self.serializer,
-                    death_penalty_class=self.death_penalty_class,
-                )
+                result = self._pop(min(timeout, IDLE_POLL_S))
             except DequeueTimeout:
                 continue
             if result is not None:
@@ -251,6 +246,32 @@ class WarmWorker(SimpleWorker):
                 # No heartbeat here, unlike RQ's: the job's preparation sends one a moment later.
                 return result
         return None
+
+    def _pop(self, timeout: int) -> tuple[Job, Queue] | None:
+        """The next job of the queue, as RQ's `dequeue_any` pops it, but not read yet.
+
+        RQ reads the popped job's hash in a round trip of its own; here it is read in the
+        transaction that records the job's start (execute_job), a round trip fewer before
+        denoising. Only the job's id and queue are needed to write that record. Where RQ would
+        pop another way (more than one queue, a Redis older than 6.2), RQ pops and reads.
+        """
+        queues = self._ordered_queues
+        if len(queues) != 1 or get_version(self.connection) < LMOVE_SINCE:
+            return self.queue_class.dequeue_any(
+                queues,
+                timeout,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+        (queue,) = queues
+        _, job_id = self.queue_class.lmove(self.connection, queue.key, timeout)
+        job = self.job_class(
+            as_text(job_id), connection=self.connection, serializer=self.serializer
+        )
+        job.origin = queue.name
+        return job, queue
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """RQ's SimpleWorker.execute_job in two round trips fewer, and the job's START in the
@@ -264,6 +285,13 @@ class WarmWorker(SimpleWorker):
         worker idle in a round trip of its own; the next dequeue sends that with its heartbeat
         anyway.
 
+        The job itself is read at the end of the same transaction (`_pop` leaves it unread), so
+        RQ's job holds what RQ's would after its own start: its hash once the start is written.
+        The heartbeat's time to live is the one of a job without a timeout, which is never less
+        than RQ's for the job it reads: RQ renews it from the job's own at the next heartbeat.
+        A job whose hash is gone by then (deleted or expired once queued) is passed by, as
+        RQ's dequeue passes it by; what the transaction wrote of its start goes.
+
         redis-py sends a transaction again when its reply does not come in time, so Redis may
         apply it twice: RQ's commands write the same values again, and START again by the job's
         holder changes nothing. Should it fail outright, the job is still in hand, started or
@@ -272,22 +300,39 @@ class WarmWorker(SimpleWorker):
         ttl = self.get_heartbeat_ttl(job)
         starter = self.starter
         with self.connection.pipeline() as pipe:
+            pipe.exists(job.key)
             execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
             self.executions[execution.id] = execution
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             self._mark_started(job, ttl, pipe)
             if starter is not None:
                 starter.start_on(job.id, pipe)
-            replies = pipe.execute(raise_on_error=False)
+            pipe.hgetall(job.key)
+            existed, *replies, stored = pipe.execute(raise_on_error=False)
         if starter is not None:
             # Its error is the starter's to handle (NOSCRIPT: it sends START itself).
             starter.started_on(job.id, replies.pop())
-        for reply in replies:
+        for reply in (existed, *replies, stored):
             if isinstance(reply, Exception):  # as RQ's own execute would
                 raise reply
+        if not existed:
+            self._pass_by(job, execution)
+            return
+        job.restore(stored)
         self._started = job.id
         self._in_hand = None  # the runner's from here, outages included
         self.perform_job(job, queue, execution)
+
+    def _pass_by(self, job: Job, execution: Execution) -> None:
+        """Undo the start of a job RQ no longer has: the hash the start made of it, and its
+        execution. The job stays in hand, so `serve` gives it back, as for any job popped and
+        not run: its record, if START found one to start, then ends as a lost job does."""
+        log.info("job %s passed by: RQ no longer has it", job.id)
+        self.executions.pop(execution.id, None)
+        with self.connection.pipeline() as pipe:
+            execution.delete(job, pipe)
+            pipe.delete(job.key)
+            pipe.execute()
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if self._started == job.id:  # sent with the execution's record (execute_job)
