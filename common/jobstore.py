@@ -30,6 +30,8 @@ EVENTS_MAXLEN = 1000  # more than one event per step of the longest job
 # (service.service) reports the first too.
 WORKER_LOST = "the worker running this job stopped before it finished, and no retry was left"
 CANCELED_RUNNING = "canceled by the client while running"
+# A job whose entry RQ deleted or let expire before a worker took it: no worker can run it.
+RQ_LOST = "the queue no longer held this job when a worker took it, so it cannot run"
 
 
 class Outcome(StrEnum):

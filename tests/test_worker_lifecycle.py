@@ -386,3 +386,45 @@ def test_a_job_starts_in_rqs_transaction_and_after_a_redis_lost_the_script_too(
                 assert start_calls(sent) == starts, sent.by_client()
     worker.process.terminate()
     assert worker.process.wait(timeout=60) == 0
+
+
+def stopped_in_its_pop(redis: Redis, worker: Worker) -> bool:
+    """SIGSTOP the worker while Redis holds its blocking pop: Redis then completes the pop for
+    the next job queued, the worker to read it once continued. False (the worker continued)
+    if the pop was not held at the time."""
+
+    def popping() -> bool:
+        return any(c["cmd"] == "blmove" and "b" in c["flags"] for c in redis.client_list())
+
+    if not popping():
+        return False
+    worker.process.send_signal(signal.SIGSTOP)
+    if popping():  # still held once stopped: not timed out in between
+        return True
+    worker.process.send_signal(signal.SIGCONT)
+    return False
+
+
+def test_a_job_whose_rq_record_vanished_after_its_pop_ends_failed(bare: Deployment) -> None:
+    # The worker pops the id, then finds RQ's hash gone when its start's transaction reads it:
+    # no run, nothing of RQ's left behind, and the job ends instead of going round the queue.
+    api = bare.api
+    worker = start_worker(bare.stack, bare.env, "lifecycle-vanished")
+    poll(lambda: worker_count(api) == 1, "the worker")
+    with Redis.from_url(bare.redis_url, decode_responses=True) as redis:
+        poll(lambda: stopped_in_its_pop(redis, worker), "the worker stopped in its pop")
+        try:
+            job_id = submit(api, prompt="vanishes", steps=2).json()["id"]
+            assert redis.lpos(keys.rq_dequeued(TINY_MODEL), job_id) is not None  # popped
+            redis.delete(keys.rq_job(job_id))
+        finally:
+            worker.process.send_signal(signal.SIGCONT)
+        job = wait_final(api, job_id)
+        assert (job["status"], job["error"]) == ("failed", jobstore.RQ_LOST), job
+        assert redis.exists(keys.rq_job(job_id)) == 0
+        assert redis.keys(f"rq:execution*{job_id}*") == []
+        assert redis.zrange(keys.rq_started(TINY_MODEL), 0, -1) == []
+    # The worker goes on serving.
+    assert submit(api, prefer="wait=60", prompt="next", steps=1).json()["status"] == "succeeded"
+    worker.process.terminate()
+    assert worker.process.wait(timeout=60) == 0

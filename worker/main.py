@@ -69,6 +69,10 @@ class Starter(Protocol):
         """The transaction's reply to that START: a value, or the error in its place."""
         ...
 
+    def passed_by(self, job_id: str) -> None:
+        """RQ handed over the job, yet no longer has it: end it, as it can never run."""
+        ...
+
 
 class WarmWorker(SimpleWorker):
     """Runs jobs in this very process, and rides out Redis outages.
@@ -290,7 +294,8 @@ class WarmWorker(SimpleWorker):
         The heartbeat's time to live is the one of a job without a timeout, which is never less
         than RQ's for the job it reads: RQ renews it from the job's own at the next heartbeat.
         A job whose hash is gone by then (deleted or expired once queued) is passed by, as
-        RQ's dequeue passes it by; what the transaction wrote of its start goes.
+        RQ's dequeue passes it by, but ended too (RQ's would be left queued, for a reaper to
+        put back on the queue again and again); what the transaction wrote of its start goes.
 
         redis-py sends a transaction again when its reply does not come in time, so Redis may
         apply it twice: RQ's commands write the same values again, and START again by the job's
@@ -324,15 +329,17 @@ class WarmWorker(SimpleWorker):
         self.perform_job(job, queue, execution)
 
     def _pass_by(self, job: Job, execution: Execution) -> None:
-        """Undo the start of a job RQ no longer has: the hash the start made of it, and its
-        execution. The job stays in hand, so `serve` gives it back, as for any job popped and
-        not run: its record, if START found one to start, then ends as a lost job does."""
+        """Undo the start of a job RQ no longer has (the hash the start made of it, and its
+        execution), and have the starter end the job, which no worker can run."""
         log.info("job %s passed by: RQ no longer has it", job.id)
         self.executions.pop(execution.id, None)
         with self.connection.pipeline() as pipe:
             execution.delete(job, pipe)
             pipe.delete(job.key)
             pipe.execute()
+        if self.starter is not None:
+            self.starter.passed_by(job.id)
+        self._in_hand = None
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if self._started == job.id:  # sent with the execution's record (execute_job)

@@ -23,7 +23,7 @@ from PIL.Image import Image
 from redis.client import Pipeline
 
 from common.contract import GenerateParams, JobStatus, Timings
-from common.jobstore import CANCELED_RUNNING, Outcome, Started, Steer, decode_start
+from common.jobstore import CANCELED_RUNNING, RQ_LOST, Outcome, Started, Steer, decode_start
 from common.results import ResultStore
 from worker import metrics
 from worker.batch import LOOKAHEAD, pick
@@ -128,6 +128,19 @@ class JobRunner:
         """START's reply from RQ's transaction, for `run` to read in the job: a reply it cannot
         read fails that job, as START's own would."""
         self._answered = (job_id, reply)
+
+    def passed_by(self, job_id: str) -> None:
+        """RQ handed over a job it no longer has (worker.main.WarmWorker passes it by): it can
+        never run, so it ends failed, unless it has ended already (a canceled job's entry is
+        deleted with it)."""
+        try:
+            self._through_outage(
+                lambda: self.store.finish(
+                    job_id, JobStatus.failed, timings=Timings(), error=RQ_LOST
+                )
+            )
+        except Abandoned:
+            log.warning("job %s not ended: stopping while Redis is unreachable", job_id)
 
     def _start(self, job_id: str) -> Started:
         """START's answer: the one RQ's transaction carried, else START sent now. An error in
