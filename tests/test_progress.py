@@ -104,15 +104,19 @@ def written(r: Redis, job_id: str, step: int) -> None:
     poll(lambda: recorded_step(r, job_id) == step, f"step {step} of job {job_id} written")
 
 
+def step_through(progress: ProgressReporter, job_id: str, steps: range, total: int) -> None:
+    """The job's steps noted one by one, as the pipeline's step callback notes them."""
+    for step in steps:
+        progress.step(job_id, step, total)
+
+
 def test_steps_coalesce_into_one_write_per_flush(r: Redis, store: WorkerJobStore) -> None:
     job_id = running_job(r, store)
     with reporter(store, NEVER_S) as progress:
         progress.track([job_id])
-        for step in range(1, 51):
-            progress.step(job_id, step, 100)
+        step_through(progress, job_id, range(1, 51), 100)
         progress.flush()
-        for step in range(51, 101):
-            progress.step(job_id, step, 100)
+        step_through(progress, job_id, range(51, 101), 100)
         progress.flush()
         progress.flush()  # nothing pending: a read of the flag, no write
         assert progress_steps(r, job_id) == [50, 100]
@@ -122,8 +126,8 @@ def test_untrack_writes_the_pending_step_before_it_returns(r: Redis, store: Work
     job_id = running_job(r, store)
     with reporter(store, NEVER_S) as progress:
         progress.track([job_id])
-        for step in range(1, 28):  # short of the last step, which the thread writes at once
-            progress.step(job_id, step, 28)
+        # Short of the last step, which the thread writes at once.
+        step_through(progress, job_id, range(1, 28), 28)
         assert progress.untrack(job_id) is Steer.go
         assert recorded_step(r, job_id) == 27
         progress.step(job_id, 28, 28)  # a job no longer tracked: ignored
@@ -140,8 +144,7 @@ def test_the_last_step_is_written_at_once_and_once(r: Redis, store: WorkerJobSto
     job_id = running_job(r, store)
     with reporter(store, NEVER_S) as progress:
         progress.track([job_id])
-        for step in range(1, 29):
-            progress.step(job_id, step, 28)
+        step_through(progress, job_id, range(1, 29), 28)
         written(r, job_id, 28)  # by the thread, long before its interval
         assert progress.untrack(job_id) is Steer.go
     store.finish(job_id, JobStatus.succeeded, timings=Timings())
