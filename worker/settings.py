@@ -215,8 +215,8 @@ class WorkerSettings(CommonSettings):
         gt=0,
         le=10,
         description=(
-            "How often a worker writes its running jobs' progress (the latest step of each) and "
-            "reads their cancel requests, off the denoising thread."
+            "How often a worker writes its running jobs' progress (the latest step of each; a "
+            "job's last step at once) and reads their cancel requests, off the denoising thread."
         ),
     )
     png_encoder: PngEncoder = Field(
