@@ -46,11 +46,10 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,13 +68,12 @@ from service.dev import (
     start_redis,
     wait_until,
 )
+from service.redis_monitor import commands_sent
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench-model"
 JSON = {"content-type": "application/json"}
 BODY = json.dumps({"prompt": "a small red circle in the center on a white background"}).encode()
-# The end of the MONITOR window: a command no one else sends.
-MONITOR_END = "sd3serve-bench-monitor-end"
 SAMPLES = 200  # requests of each kind whose commands are counted
 # Under uvicorn's 5 s keep-alive: a connection idle longer is closed rather than reused, lest
 # the server close it under a request.
@@ -87,40 +85,6 @@ KEEPALIVE_S = 2.0
 # client's CPU per request, taken from the two cores the server shares. So a request due
 # within half a millisecond is sent now.
 CLOCK_SLACK_S = 0.0005
-
-
-@contextmanager
-def top_level_commands(redis_url: str) -> Iterator[Callable[[], int]]:
-    """Count the commands clients send Redis meanwhile (MONITOR; those scripts run are left
-    out), read with the function it yields once the block has ended."""
-    counted: list[int] = []
-    ready = threading.Event()
-
-    def watch() -> None:
-        seen = 0
-        with Redis.from_url(redis_url) as redis, redis.monitor() as monitor:
-            ready.set()
-            while True:
-                command = monitor.next_command()
-                if command["client_type"] == "lua":
-                    continue
-                if MONITOR_END in command["command"]:
-                    break
-                seen += 1
-        counted.append(seen)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    ready.wait(10)
-    # MONITOR starts with its reply: a PING afterwards, once seen, says it is live.
-    with Redis.from_url(redis_url) as redis:
-        redis.ping()
-    try:
-        yield lambda: counted[0]
-    finally:
-        with Redis.from_url(redis_url) as redis:
-            redis.echo(MONITOR_END)
-        thread.join(30)
 
 
 Answer = tuple[int, bytes] | BaseException
@@ -553,10 +517,10 @@ async def measure(
         per: dict[str, float] = {}
         for name, raw in (("POST", post), ("GET queued", get_queued), ("GET done", get_finished)):
             # MONITOR's thread blocks; the requests run meanwhile on this loop.
-            with top_level_commands(redis_url) as count:
+            with commands_sent(redis_url) as sent:
                 for _ in range(SAMPLES):
                     await client.send(raw)
-            per[name] = count() / SAMPLES
+            per[name] = len(sent()) / SAMPLES
         lines.append(
             "redis commands per request (MONITOR, script-internal ones left out): "
             + ", ".join(f"{name} {value:.2f}" for name, value in per.items())

@@ -21,6 +21,7 @@ from redis import Redis
 from common import keys
 from service import admission, queue, store
 from service.dev import Stack, publish_idle_model
+from service.redis_monitor import commands_sent, evalsha
 from tests.harness import (
     Api,
     poll,
@@ -29,7 +30,6 @@ from tests.harness import (
     start_redis,
 )
 from tests.helpers import submit
-from tests.monitor import commands_sent, evalsha
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from rq.job import JobStatus
 
 from common import jobstore, keys
 from service.dev import Stack, free_port
+from service.redis_monitor import Sent, commands_sent, evalsha
 from tests.harness import (
     START_TIMEOUT_S,
     TINY_MODEL,
@@ -31,7 +32,6 @@ from tests.harness import (
     worker_count,
 )
 from tests.helpers import first_progress, submit, wait_final
-from tests.monitor import Sent, commands_sent, evalsha
 from worker.main import WarmWorker
 
 pytestmark = pytest.mark.stack

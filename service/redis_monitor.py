@@ -1,4 +1,5 @@
-"""What clients send Redis while a test runs, from MONITOR."""
+"""What clients send a Redis meanwhile, from MONITOR: for the tests and the benches that count
+commands and round trips (not used by the service itself)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from contextlib import contextmanager
 
 from redis import Redis
 
-from tests.harness import poll
+from service.dev import Stack, wait_until
 
-MONITOR_END = "sd3serve-test-monitor-end"
+MONITOR_END = "sd3serve-monitor-end"
 
 
 def evalsha(script: str) -> str:
@@ -45,7 +46,7 @@ def commands_sent(redis_url: str) -> Iterator[Sent]:
     sent = Sent()
     done = threading.Event()
     with Redis.from_url(redis_url, decode_responses=True) as control:
-        # This test's own commands are left out too.
+        # The caller's own commands (on this connection) are left out too.
         mine = control.client_info()["addr"]
 
         def watch() -> None:
@@ -63,7 +64,7 @@ def commands_sent(redis_url: str) -> Iterator[Sent]:
             done.set()
 
         threading.Thread(target=watch, daemon=True).start()
-        poll(lambda: monitoring(control), "MONITOR to start", 30)
+        wait_until(lambda: monitoring(control), Stack(), "MONITOR to start", 30)
         try:
             yield sent
         finally:
