@@ -278,8 +278,8 @@ class WarmWorker(SimpleWorker):
         return job, queue
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """RQ's SimpleWorker.execute_job in two round trips fewer, and the job's START in the
-        round trip that is left.
+        """RQ's SimpleWorker.execute_job, and its read of the popped job, in one round trip
+        that carries the job's START too (RQ's own: six from the pop to the job's function).
 
         RQ records the execution in one transaction (`prepare_execution`) and marks the job
         started in a second (`prepare_job_execution`, first thing in `perform_job`): here both
