@@ -81,10 +81,11 @@ class Stack:
                     proc.wait()
 
 
-def wait_until(check: Callable[[], bool], stack: Stack, what: str, timeout_s: float) -> None:
+def wait_until(check: Callable[[], bool], stack: Stack | None, what: str, timeout_s: float) -> None:
+    """Poll `check` until it holds; give up early should a child of `stack` (if any) exit."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if problem := stack.exited():
+        if stack is not None and (problem := stack.exited()):
             raise RuntimeError(f"{problem} while waiting for {what}")
         try:
             if check():

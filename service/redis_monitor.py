@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from redis import Redis
 
-from service.dev import Stack, wait_until
+from service.dev import wait_until
 
 MONITOR_END = "sd3serve-monitor-end"
 
@@ -64,12 +64,13 @@ def commands_sent(redis_url: str) -> Iterator[Sent]:
             done.set()
 
         threading.Thread(target=watch, daemon=True).start()
-        wait_until(lambda: monitoring(control), Stack(), "MONITOR to start", 30)
+        wait_until(lambda: monitoring(control), None, "MONITOR to start", 30)
         try:
             yield sent
         finally:
             control.echo(MONITOR_END)
-            assert done.wait(30)
+            if not done.wait(30):
+                raise RuntimeError("MONITOR never saw the end of its window")
 
 
 def monitoring(control: Redis) -> bool:

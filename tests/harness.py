@@ -92,7 +92,7 @@ def worker_count(api: Api) -> int:
 
 
 def poll(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    wait_until(check, Stack(), what, timeout_s)
+    wait_until(check, None, what, timeout_s)
 
 
 @contextmanager
